@@ -1,0 +1,132 @@
+"""The offline demo model: an httpx2 transport that speaks OpenAI's chat-completions wire format.
+
+With no OPENAI_API_KEY the real OpenAI client (wrapped by PostHog) is pointed at
+this transport, so the wrapper, the ledger and the dashboard run exactly as in
+production: same request, same JSON, same server-sent events, same `usage`
+block (including the final usage chunk of a stream), just no network.
+"""
+
+import json
+import math
+import time
+import uuid
+
+import httpx2
+from django.conf import settings
+
+DEMO_BASE_URL = "http://demo.chatusage.invalid/v1"
+
+_TEMPLATE = (
+    "This is the offline demo model, answering because no OpenAI API key is configured. "
+    "You wrote {words} words, starting with “{opening}”. "
+    "In production this reply would come from {model}. Everything around it is real: "
+    "the call went through PostHog's OpenAI wrapper with your user id as the distinct id, "
+    "your budget held the worst-case cost before the call, and the ledger now records "
+    "the actual tokens and cost of this answer. Open the Usage page to see it."
+)
+
+
+def _tokens(text: str) -> int:
+    """About four bytes a token, as OpenAI's tokenizers average on English."""
+    return max(1, math.ceil(len(text.encode()) / 4))
+
+
+def demo_answer(messages: list[dict]) -> str:
+    prompt = next(
+        (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    words = prompt.split()
+    opening = " ".join(words[:8]) + ("…" if len(words) > 8 else "")
+    return _TEMPLATE.format(words=len(words), opening=opening, model=settings.OPENAI_MODEL)
+
+
+def demo_usage(messages: list[dict], answer: str) -> dict:
+    per_message = [_tokens(str(m.get("content", ""))) + 4 for m in messages]
+    prompt_tokens = sum(per_message) + 3
+    # OpenAI caches a repeated prefix of 1024+ tokens in steps of 128: the history is that prefix.
+    history = sum(per_message[:-1])
+    cached = (history // 128) * 128 if history >= 1024 else 0
+    completion_tokens = _tokens(answer)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    }
+
+
+def _chunk(completion_id: str, model: str, created: int, delta: dict, finish=None, usage=None):
+    body = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage:
+        body["usage"] = usage
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def _stream(completion_id, model, created, answer, usage, include_usage, delay):
+    yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""})
+    pieces = answer.split(" ")
+    for index, word in enumerate(pieces):
+        if delay:
+            time.sleep(delay)
+        text = word if index == len(pieces) - 1 else word + " "
+        yield _chunk(completion_id, model, created, {"content": text})
+    yield _chunk(completion_id, model, created, {}, finish="stop")
+    if include_usage:
+        yield _chunk(completion_id, model, created, {}, usage=usage)
+    yield b"data: [DONE]\n\n"
+
+
+def handle(request: httpx2.Request) -> httpx2.Response:
+    if not request.url.path.endswith("/chat/completions"):
+        return httpx2.Response(404, json={"error": {"message": "Unknown endpoint"}})
+    try:
+        body = json.loads(request.content)
+        messages = body["messages"]
+    except (ValueError, KeyError, TypeError):
+        return httpx2.Response(
+            400, json={"error": {"message": "Invalid JSON body", "type": "invalid_request_error"}}
+        )
+    model = body.get("model", settings.DEMO_MODEL)
+    answer = demo_answer(messages)
+    usage = demo_usage(messages, answer)
+    completion_id = f"chatcmpl-demo-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return httpx2.Response(
+            200,
+            headers={"content-type": "text/event-stream"},
+            content=_stream(
+                completion_id, model, created, answer, usage, include_usage,
+                settings.DEMO_STREAM_DELAY,
+            ),
+        )
+    return httpx2.Response(
+        200,
+        json={
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer, "refusal": None},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage,
+        },
+    )
+
+
+def http_client() -> httpx2.Client:
+    return httpx2.Client(transport=httpx2.MockTransport(handle))

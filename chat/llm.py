@@ -1,0 +1,323 @@
+"""The one module that talks to the model provider (and builds the PostHog capture client).
+
+Every call goes through PostHog's OpenAI wrapper, which captures an
+`$ai_generation` event with the user's id as distinct id. Clients are built once
+per process. Failures become ProviderError with a message fit for the user;
+the provider's own text (which can echo a masked key) only goes to the log
+as an exception class and status.
+https://platform.openai.com/docs/api-reference/chat/create
+"""
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import httpx2
+import openai
+import posthog
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from posthog.ai.openai import OpenAI
+
+from chat import demo
+from usage.limits import TokenUsage
+from usage.pricing import Price
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 1  # inside a web request: one retry of a transient failure at most
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str  # recorded in the ledger and as $ai_provider
+    model: str
+    demo: bool
+
+
+@dataclass
+class Completion:
+    text: str
+    usage: TokenUsage | None
+    latency_ms: int
+    http_status: int = 200
+    finish_reason: str | None = None
+
+
+class ProviderError(Exception):
+    """A failed model call, with what the user should read and the HTTP status we answer."""
+
+    def __init__(self, code: str, message: str, status: int = 502, http_status: int | None = None):
+        self.code = code
+        self.message = message
+        self.status = status
+        self.http_status = http_status
+        super().__init__(message)
+
+
+def current_provider() -> Provider:
+    if not settings.OPENAI_API_KEY:
+        return Provider("demo", settings.DEMO_MODEL, demo=True)
+    if settings.OPENAI_BASE_URL:
+        host = urlsplit(settings.OPENAI_BASE_URL).hostname or "openai-compatible"
+        return Provider(host, settings.OPENAI_MODEL, demo=False)
+    return Provider("openai", settings.OPENAI_MODEL, demo=False)
+
+
+_lock = threading.Lock()
+_posthog: posthog.Posthog | None = None
+_client: OpenAI | None = None
+
+
+def _on_capture_error(error: Exception, batch) -> None:
+    # The batch holds event properties; the error may hold the URL. Neither holds the key.
+    log.warning("PostHog capture failed, %d events dropped: %s", len(batch or []), type(error).__name__)
+
+
+def posthog_client() -> posthog.Posthog:
+    """The process's one capture client. Disabled (sends nothing) without POSTHOG_API_KEY."""
+    global _posthog
+    with _lock:
+        if _posthog is None:
+            _posthog = posthog.Posthog(
+                settings.POSTHOG_API_KEY or "disabled",
+                host=settings.POSTHOG_HOST,
+                disabled=not settings.POSTHOG_API_KEY,
+                privacy_mode=settings.POSTHOG_PRIVACY_MODE,
+                on_error=_on_capture_error,
+                timeout=5,
+                max_retries=3,
+            )
+        return _posthog
+
+
+def client() -> OpenAI:
+    global _client
+    ph = posthog_client()
+    with _lock:
+        if _client is None:
+            provider = current_provider()
+            options = {
+                "posthog_client": ph,
+                "timeout": settings.OPENAI_TIMEOUT,
+                "max_retries": MAX_RETRIES,
+            }
+            if provider.demo:
+                options.update(
+                    api_key="demo", base_url=demo.DEMO_BASE_URL, http_client=demo.http_client()
+                )
+            else:
+                options["api_key"] = settings.OPENAI_API_KEY
+                if settings.OPENAI_BASE_URL:
+                    options["base_url"] = settings.OPENAI_BASE_URL
+            _client = OpenAI(**options)
+        return _client
+
+
+def use_http_client(http_client: httpx2.Client) -> OpenAI:
+    """Build the process's client on the given transport (tests and benchmarks mock OpenAI so)."""
+    global _client
+    reset_clients(flush=False)
+    with _lock:
+        _client = OpenAI(
+            posthog_client=posthog_client(),
+            api_key=settings.OPENAI_API_KEY or "test",
+            base_url=settings.OPENAI_BASE_URL or None,
+            timeout=settings.OPENAI_TIMEOUT,
+            max_retries=MAX_RETRIES,
+            http_client=http_client,
+        )
+        return _client
+
+
+def reset_clients(flush: bool = True) -> None:
+    global _client, _posthog
+    with _lock:
+        if _posthog is not None and flush:
+            _posthog.shutdown()
+        _client = None
+        _posthog = None
+
+
+def shutdown() -> None:
+    """Flush queued events (atexit and gunicorn's worker_exit): the SDK alone waits ~1 s."""
+    with _lock:
+        ph = _posthog
+    if ph is not None:
+        ph.flush()
+        ph.shutdown()
+
+
+atexit.register(shutdown)
+
+
+@receiver(setting_changed)
+def _settings_changed(setting, **kwargs):
+    if setting.startswith(("OPENAI_", "POSTHOG_")):
+        reset_clients(flush=False)
+
+
+def _call_options(
+    provider: Provider,
+    messages: list[dict],
+    *,
+    user_id: int,
+    generation_id: UUID,
+    conversation_id: UUID,
+    price: Price,
+) -> dict:
+    options = {
+        "model": provider.model,
+        "messages": messages,
+        "posthog_distinct_id": str(user_id),
+        "posthog_trace_id": str(conversation_id),
+        "posthog_privacy_mode": settings.POSTHOG_PRIVACY_MODE,
+        "posthog_properties": {
+            "generation_id": str(generation_id),
+            "conversation_id": str(conversation_id),
+            **price.posthog_properties(),
+        },
+    }
+    if provider.name != "openai":
+        options["posthog_provider_override"] = provider.name
+    # OpenAI's own API wants max_completion_tokens (reasoning models refuse max_tokens);
+    # OpenAI-compatible servers (Ollama, vLLM) still read max_tokens.
+    if provider.name == "openai":
+        options["max_completion_tokens"] = settings.OPENAI_MAX_TOKENS
+    else:
+        options["max_tokens"] = settings.OPENAI_MAX_TOKENS
+    return options
+
+
+def _usage(raw) -> TokenUsage | None:
+    if raw is None or raw.prompt_tokens is None or raw.completion_tokens is None:
+        return None
+    details = getattr(raw, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) or 0
+    return TokenUsage(raw.prompt_tokens, cached, raw.completion_tokens)
+
+
+def provider_error(exc: Exception) -> ProviderError:
+    """Map an OpenAI SDK (or parsing) failure onto what we tell the user."""
+    status = getattr(exc, "status_code", None)
+    log.warning("Model provider call failed: %s (HTTP %s)", type(exc).__name__, status)
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError(
+            "provider_timeout", "The model did not answer in time. Please try again.", 504
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError(
+            "provider_unreachable", "The model provider could not be reached. Please try again."
+        )
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return ProviderError(
+            "provider_auth",
+            "The model provider refused this server's credentials. An administrator must fix "
+            "the API key; your message was kept.",
+            http_status=status,
+        )
+    if isinstance(exc, openai.RateLimitError):
+        return ProviderError(
+            "provider_rate_limited",
+            "The model provider is over capacity or out of quota. Please try again shortly.",
+            http_status=status,
+        )
+    if isinstance(exc, openai.BadRequestError | openai.NotFoundError):
+        return ProviderError(
+            "provider_rejected",
+            "The model provider rejected the request (check the configured model).",
+            http_status=status,
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return ProviderError(
+            "provider_error",
+            "The model provider failed to answer. Please try again.",
+            http_status=status,
+        )
+    return ProviderError(
+        "provider_bad_response", "The model provider sent a response that could not be read."
+    )
+
+
+def complete(messages: list[dict], **context) -> Completion:
+    """One non-streaming chat completion."""
+    provider = current_provider()
+    options = _call_options(provider, messages, **context)
+    started = time.monotonic()
+    try:
+        response = client().chat.completions.create(**options)
+        choice = response.choices[0]
+        text = choice.message.content or ""
+    except (openai.OpenAIError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise provider_error(exc) from exc
+    return Completion(
+        text=text,
+        usage=_usage(response.usage),
+        latency_ms=round((time.monotonic() - started) * 1000),
+        finish_reason=choice.finish_reason,
+    )
+
+
+@dataclass
+class Stream:
+    """Text deltas of a streamed completion; `result` once it is exhausted."""
+
+    _stream: object
+    _started: float
+    parts: list[str] = field(default_factory=list)
+    usage: TokenUsage | None = None
+    finish_reason: str | None = None
+    result: Completion | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for chunk in self._stream:
+                if chunk.usage is not None:
+                    self.usage = _usage(chunk.usage)
+                for choice in chunk.choices or []:
+                    if choice.finish_reason:
+                        self.finish_reason = choice.finish_reason
+                    delta = choice.delta.content if choice.delta else None
+                    if delta:
+                        self.parts.append(delta)
+                        yield delta
+        except (openai.OpenAIError, httpx2.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise provider_error(exc) from exc
+        self.result = Completion(
+            text=self.text,
+            usage=self.usage,
+            latency_ms=self.latency_ms,
+            finish_reason=self.finish_reason,
+        )
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def latency_ms(self) -> int:
+        return round((time.monotonic() - self._started) * 1000)
+
+    def close(self) -> None:
+        """Stop early: the wrapper then captures its event (without token counts)."""
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            close()
+
+
+def stream(messages: list[dict], **context) -> Stream:
+    """A streaming chat completion; the wrapper asks for the final usage chunk itself."""
+    provider = current_provider()
+    options = _call_options(provider, messages, **context)
+    started = time.monotonic()
+    try:
+        raw = client().chat.completions.create(stream=True, **options)
+    except (openai.OpenAIError, ValueError, TypeError) as exc:
+        raise provider_error(exc) from exc
+    return Stream(raw, started)

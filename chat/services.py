@@ -1,0 +1,256 @@
+"""A chat turn: validate, save the prompt, reserve, call, settle, save the answer.
+
+Views call these; they never touch the ledger or the provider themselves.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from uuid import UUID
+
+from django.conf import settings
+from django.db import transaction
+from django.http import Http404
+from django.utils import timezone
+
+from chat import llm
+from chat.models import Conversation, Message
+from usage import limits
+from usage.pricing import UnknownModelError
+
+
+class ChatError(Exception):
+    """Anything that stops a turn, with the status and code the API answers."""
+
+    def __init__(self, code: str, message: str, status: int, **extra):
+        self.code = code
+        self.message = message
+        self.status = status
+        self.extra = extra
+        super().__init__(message)
+
+    def as_dict(self) -> dict:
+        return {"error": self.message, "code": self.code, **self.extra}
+
+
+@dataclass
+class Turn:
+    conversation: Conversation
+    prompt: Message
+    messages: list[dict]
+    reservation: limits.Reservation
+    provider: llm.Provider
+
+
+def clean_prompt(value) -> str:
+    if not isinstance(value, str):
+        raise ChatError("invalid_prompt", "The prompt must be text.", 400)
+    prompt = value.strip()
+    if not prompt:
+        raise ChatError("empty_prompt", "Write a message first.", 400)
+    if len(prompt) > settings.CHAT_MAX_PROMPT_CHARS:
+        raise ChatError(
+            "prompt_too_long",
+            f"Messages are limited to {settings.CHAT_MAX_PROMPT_CHARS:,} characters "
+            f"(this one has {len(prompt):,}).",
+            400,
+        )
+    if "\x00" in prompt:
+        raise ChatError("invalid_prompt", "The prompt contains a NUL character.", 400)
+    return prompt
+
+
+def conversation_for(user, conversation_id) -> Conversation:
+    """The user's own conversation, or 404: the one scoping helper for chat lookups."""
+    try:
+        return Conversation.objects.get(pk=conversation_id, user=user)
+    except (Conversation.DoesNotExist, ValueError, TypeError) as exc:
+        raise Http404("No such conversation.") from exc
+
+
+def history(conversation: Conversation, prompt: Message) -> list[dict]:
+    """System prompt + as many recent answered messages as fit in CHAT_HISTORY_BYTES + prompt."""
+    budget = max(settings.CHAT_HISTORY_BYTES - len(prompt.content.encode()), 0)
+    earlier = (
+        conversation.messages.filter(failed=False)
+        .exclude(pk=prompt.pk)
+        .order_by("-created_at", "-id")
+        .values_list("role", "content")
+    )
+    kept = []
+    for role, content in earlier.iterator():
+        size = len(content.encode())
+        if size > budget:
+            break
+        budget -= size
+        kept.append({"role": role, "content": content})
+    kept.reverse()
+    return [
+        {"role": "system", "content": settings.CHAT_SYSTEM_PROMPT},
+        *kept,
+        {"role": "user", "content": prompt.content},
+    ]
+
+
+def _save_prompt(conversation: Conversation, text: str) -> Message:
+    """Save the user's message; a retry of the last, failed prompt reuses it."""
+    last = conversation.messages.order_by("-created_at", "-id").first()
+    if last and last.role == Message.Role.USER and last.failed and last.content == text:
+        return last
+    if not conversation.title:
+        conversation.title = text.splitlines()[0][:80]
+        conversation.save(update_fields=["title", "updated_at"])
+    return conversation.messages.create(role=Message.Role.USER, content=text, failed=True)
+
+
+def start_turn(user, prompt_text, conversation_id=None) -> Turn:
+    """Validate and save the prompt, then reserve budget for the call.
+
+    The prompt is saved (marked failed until answered) before anything can refuse
+    it, so a rejected or failed turn never loses what the user wrote.
+    """
+    text = clean_prompt(prompt_text)
+    if conversation_id:
+        conversation = conversation_for(user, conversation_id)
+    else:
+        conversation = Conversation.objects.create(user=user)
+    prompt = _save_prompt(conversation, text)
+    messages = history(conversation, prompt)
+    provider = llm.current_provider()
+    try:
+        reservation = limits.reserve(
+            user,
+            provider.model,
+            messages,
+            settings.OPENAI_MAX_TOKENS,
+            provider=provider.name,
+            conversation_id=conversation.pk,
+        )
+    except limits.UsageLimitReached as exc:
+        raise ChatError(
+            "usage_limit_reached", str(exc), 429, conversation_id=str(conversation.pk),
+            **exc.as_dict(),
+        ) from exc
+    except UnknownModelError as exc:
+        raise ChatError(
+            "model_not_priced", str(exc), 503, conversation_id=str(conversation.pk)
+        ) from exc
+    Message.objects.filter(pk=prompt.pk).update(generation_id=reservation.generation_id)
+    return Turn(conversation, prompt, messages, reservation, provider)
+
+
+def _call_context(turn: Turn) -> dict:
+    return {
+        "user_id": turn.reservation.user_id,
+        "generation_id": turn.reservation.generation_id,
+        "conversation_id": turn.conversation.pk,
+        "price": turn.reservation.price,
+    }
+
+
+@dataclass
+class Answer:
+    conversation: Conversation
+    message: Message
+    generation_id: UUID
+    usage: dict
+
+
+def _finish(turn: Turn, completion: llm.Completion, interrupted: bool = False) -> Answer:
+    usage = completion.usage or limits.estimate_usage(turn.reservation, completion.text)
+    generation = limits.settle(
+        turn.reservation,
+        usage,
+        latency_ms=completion.latency_ms,
+        http_status=completion.http_status,
+    )
+    with transaction.atomic():
+        Message.objects.filter(pk=turn.prompt.pk).update(failed=False)
+        answer = turn.conversation.messages.create(
+            role=Message.Role.ASSISTANT,
+            content=completion.text,
+            generation_id=generation.pk,
+            interrupted=interrupted,
+            demo=turn.provider.demo,
+        )
+        Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=timezone.now())
+    return Answer(
+        turn.conversation,
+        answer,
+        generation.pk,
+        {
+            "model": generation.model,
+            "input_tokens": generation.input_tokens,
+            "cached_input_tokens": generation.cached_input_tokens,
+            "output_tokens": generation.output_tokens,
+            "total_tokens": generation.total_tokens,
+            "cost_usd": str(generation.cost),
+            "estimated": generation.cost_estimated,
+            "latency_ms": generation.latency_ms,
+        },
+    )
+
+
+def _fail(turn: Turn, error: llm.ProviderError, latency_ms: int | None = None) -> ChatError:
+    limits.settle(
+        turn.reservation, error=f"{error.code}: {error.message}",
+        latency_ms=latency_ms, http_status=error.http_status,
+    )
+    return ChatError(
+        error.code, error.message, error.status, conversation_id=str(turn.conversation.pk)
+    )
+
+
+def answer(turn: Turn) -> Answer:
+    """Call the model without streaming and settle. Raises ChatError on provider failure."""
+    try:
+        completion = llm.complete(turn.messages, **_call_context(turn))
+    except llm.ProviderError as exc:
+        raise _fail(turn, exc) from exc
+    except BaseException:
+        limits.settle(turn.reservation, error="Interrupted before the model answered.")
+        raise
+    return _finish(turn, completion)
+
+
+def stream_events(turn: Turn) -> Iterator[tuple[str, dict]]:
+    """(event, data) pairs for server-sent events. Settles however the stream ends.
+
+    When the client goes away mid-stream the server closes this generator; the
+    finally block then settles what was delivered (estimated, flagged) so no
+    reservation is left behind.
+    """
+    settled = False
+    stream = None
+    yield "start", {
+        "conversation_id": str(turn.conversation.pk),
+        "generation_id": str(turn.reservation.generation_id),
+        "model": turn.provider.model,
+        "demo": turn.provider.demo,
+    }
+    try:
+        stream = llm.stream(turn.messages, **_call_context(turn))
+        for delta in stream:
+            yield "delta", {"text": delta}
+        done = _finish(turn, stream.result)
+        settled = True
+        yield "done", {
+            "conversation_id": str(done.conversation.pk),
+            "response": done.message.content,
+            "usage": done.usage,
+        }
+    except llm.ProviderError as exc:
+        error = _fail(turn, exc, stream.latency_ms if stream else None)
+        settled = True
+        yield "error", error.as_dict()
+    finally:
+        if not settled:
+            if stream is not None:
+                stream.close()
+            if stream is not None and stream.parts:
+                _finish(
+                    turn,
+                    llm.Completion(stream.text, stream.usage, stream.latency_ms),
+                    interrupted=True,
+                )
+            else:
+                limits.settle(turn.reservation, error="The client went away before an answer.")

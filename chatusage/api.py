@@ -1,0 +1,57 @@
+"""Small helpers for the JSON endpoints: errors are JSON, never Django's HTML pages."""
+
+import json
+from functools import wraps
+
+from django.http import JsonResponse
+
+
+def error(message: str, code: str, status: int, **extra) -> JsonResponse:
+    return JsonResponse({"error": message, "code": code, **extra}, status=status)
+
+
+def api_view(methods: tuple[str, ...]):
+    """Login required (401 JSON) and allowed methods (405 JSON) for an /api/ view."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if request.method not in methods:
+                response = error(f"Use {' or '.join(methods)}.", "method_not_allowed", 405)
+                response["Allow"] = ", ".join(methods)
+                return response
+            if not request.user.is_authenticated:
+                return error("Log in first.", "not_authenticated", 401)
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def json_body(request) -> dict:
+    """The request's JSON object, or ValueError with a message for the user."""
+    if request.content_type != "application/json":
+        raise ValueError("Send a JSON body with Content-Type: application/json.")
+    try:
+        data = json.loads(request.body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError("The body is not valid UTF-8.") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"The body is not valid JSON: {exc.msg}.") from exc
+    if not isinstance(data, dict):
+        raise ValueError("The body must be a JSON object.")
+    return data
+
+
+def csrf_failure(request, reason=""):
+    """CSRF_FAILURE_VIEW: JSON for the API, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return error(
+            "CSRF check failed: send the csrftoken cookie's value as X-CSRFToken.",
+            "csrf_failed",
+            403,
+        )
+    from django.views.csrf import csrf_failure as default
+
+    return default(request, reason=reason)

@@ -1,0 +1,6 @@
+from django.conf import settings
+
+
+def product(request):
+    """What every page's navigation needs to know about the running product."""
+    return {"demo_mode": not settings.OPENAI_API_KEY}

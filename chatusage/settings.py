@@ -1,0 +1,228 @@
+"""Settings for chatusage: one module, every value read from the environment.
+
+Names and defaults follow DESIGN.md's environment contract. A fresh clone runs
+with nothing configured (SQLite, local memory cache, offline demo model, no
+PostHog); production refuses to start without SECRET_KEY.
+"""
+
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A .env file beside manage.py is read if present; real environment variables win.
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is required when DEBUG is off. Set SECRET_KEY in the environment "
+            "(for example: python -c 'import secrets; print(secrets.token_urlsafe(50))'), "
+            "or set DEBUG=true for local development."
+        )
+    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "chatusage.api.csrf_failure"
+DATA_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024  # a chat prompt is at most 8,000 characters
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "chatusage",
+    "usage",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatusage.urls"
+WSGI_APPLICATION = "chatusage.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "chatusage.context_processors.product",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE takes the write lock when a transaction starts, so two budget
+    # reservations can never both read the same spend (SQLite has no row locks).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+    DATABASES["default"].setdefault("TEST", {})
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# DESIGN.md names the local memory cache locmem://; django-environ calls it locmemcache://.
+_cache_url = env.str("CACHE_URL", default="locmem://")
+if _cache_url.startswith("locmem://"):
+    _cache_url = "locmemcache://" + _cache_url.removeprefix("locmem://")
+CACHES = {"default": env.cache_url_config(_cache_url)}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat:index"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+# Security: on whenever DEBUG is off, so `manage.py check --deploy` is clean.
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # the chat page's script reads it to POST JSON
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if not DEBUG:
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["stdout"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # httpx2/urllib3 debug lines can carry Authorization headers: keep them quiet.
+        "httpx2": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+        "posthog": {"level": "WARNING"},
+    },
+}
+
+# --- OpenAI ---------------------------------------------------------------
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
+OPENAI_MODEL = env.str("OPENAI_MODEL", default="gpt-4o-mini")
+OPENAI_MAX_TOKENS = env.int("OPENAI_MAX_TOKENS", default=500)
+OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=30.0)
+if OPENAI_MAX_TOKENS < 1 or OPENAI_TIMEOUT <= 0:
+    raise ImproperlyConfigured("OPENAI_MAX_TOKENS and OPENAI_TIMEOUT must be positive.")
+# The model the offline demo answers as; priced like gpt-4o-mini in the price table.
+DEMO_MODEL = "chatusage-demo"
+DEMO_STREAM_DELAY = env.float("DEMO_STREAM_DELAY", default=0.02)
+CHAT_SYSTEM_PROMPT = env.str(
+    "CHAT_SYSTEM_PROMPT", default="You are a helpful assistant. Answer clearly and concisely."
+)
+CHAT_MAX_PROMPT_CHARS = 8000
+# The conversation history sent with each prompt, measured in UTF-8 bytes (an
+# upper bound on tokens), so the worst-case reservation stays bounded.
+CHAT_HISTORY_BYTES = env.int("CHAT_HISTORY_BYTES", default=24000)
+CHAT_RATE_LIMIT = env.str("CHAT_RATE_LIMIT", default="20/60")  # requests / seconds per user
+
+# --- PostHog --------------------------------------------------------------
+POSTHOG_API_KEY = env.str("POSTHOG_API_KEY", default="")
+POSTHOG_HOST = env.str("POSTHOG_HOST", default="https://us.i.posthog.com").rstrip("/")
+
+
+def _query_api_host(ingestion_host: str) -> str:
+    """The app host serving /api/ for an ingestion host (us.i.posthog.com -> us.posthog.com)."""
+    parts = urlsplit(ingestion_host)
+    host = {"us.i.posthog.com": "us.posthog.com", "eu.i.posthog.com": "eu.posthog.com"}.get(
+        parts.netloc, parts.netloc
+    )
+    return f"{parts.scheme}://{host}"
+
+
+POSTHOG_API_HOST = env.str("POSTHOG_API_HOST", default=_query_api_host(POSTHOG_HOST)).rstrip("/")
+POSTHOG_PROJECT_ID = env.str("POSTHOG_PROJECT_ID", default="")
+POSTHOG_PERSONAL_API_KEY = env.str("POSTHOG_PERSONAL_API_KEY", default="")
+POSTHOG_PRIVACY_MODE = env.bool("POSTHOG_PRIVACY_MODE", default=True)
+POSTHOG_QUERY_TIMEOUT = env.tuple("POSTHOG_QUERY_TIMEOUT", cast=float, default=(3.05, 15.0))
+
+# --- Usage ----------------------------------------------------------------
+USAGE_SOURCE = env.str("USAGE_SOURCE", default="auto")
+if USAGE_SOURCE not in {"auto", "posthog", "ledger"}:
+    raise ImproperlyConfigured("USAGE_SOURCE must be one of auto, posthog, ledger.")
+try:
+    USAGE_TIME_ZONE = ZoneInfo(env.str("USAGE_TIME_ZONE", default="UTC"))
+except (ZoneInfoNotFoundError, ValueError) as exc:
+    raise ImproperlyConfigured(f"USAGE_TIME_ZONE is not a known time zone: {exc}") from exc
+USAGE_DEFAULT_BUDGET_USD = env.get_value(
+    "USAGE_DEFAULT_BUDGET_USD", cast=Decimal, default=Decimal("5.00")
+)
+USAGE_DEFAULT_MESSAGE_LIMIT = env.int("USAGE_DEFAULT_MESSAGE_LIMIT", default=0)
+if USAGE_DEFAULT_BUDGET_USD < 0 or USAGE_DEFAULT_MESSAGE_LIMIT < 0:
+    raise ImproperlyConfigured("Usage budgets and limits cannot be negative (0 means no cap).")
+# How long a PostHog report is cached per (user, cycle), and the refresh throttle.
+USAGE_CACHE_SECONDS = env.int("USAGE_CACHE_SECONDS", default=300)
+USAGE_REFRESH_SECONDS = env.int("USAGE_REFRESH_SECONDS", default=60)
+
+# Demo data (seed_demo) is only loaded by `make run`, which sets DEBUG on.
+DEMO_PASSWORD = "demo-pass-2026"

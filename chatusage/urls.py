@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from chatusage import views
+
+urlpatterns = [
+    path("", include("chat.urls")),
+    path("", include("usage.urls")),
+    path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("healthz", views.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "chatusage.views.not_found"
+handler500 = "chatusage.views.server_error"

@@ -1,0 +1,149 @@
+// Streams answers from /api/chat/ over server-sent events (fetch + ReadableStream, since
+// EventSource cannot POST). Without JavaScript the form posts and the page reloads.
+(function () {
+  "use strict";
+  const chat = document.getElementById("chat");
+  const form = document.getElementById("chat-form");
+  if (!chat || !form || !window.fetch || !window.ReadableStream) return;
+  const list = document.getElementById("messages");
+  const prompt = document.getElementById("prompt");
+  const send = document.getElementById("send");
+  const errorBox = document.getElementById("chat-error");
+  const errorText = document.getElementById("chat-error-text");
+  const retry = document.getElementById("retry");
+  const usageLine = document.getElementById("usage-line");
+
+  function csrfToken() {
+    const input = form.querySelector("input[name=csrfmiddlewaretoken]");
+    return input ? input.value : "";
+  }
+
+  function addMessage(role, text, extraClass) {
+    const empty = document.getElementById("empty-state");
+    if (empty) empty.remove();
+    const li = document.createElement("li");
+    li.className = "message message-" + role + (extraClass ? " " + extraClass : "");
+    const label = document.createElement("span");
+    label.className = "role";
+    label.textContent = role === "user" ? "You" : "Assistant";
+    const content = document.createElement("div");
+    content.className = "content";
+    content.textContent = text;
+    li.append(label, content);
+    list.append(li);
+    li.scrollIntoView({ block: "end" });
+    return { li, label, content };
+  }
+
+  function showError(message) {
+    errorText.textContent = message;
+    errorBox.hidden = false;
+    retry.hidden = false;
+  }
+
+  function setBusy(busy) {
+    send.disabled = busy;
+    send.setAttribute("aria-busy", busy ? "true" : "false");
+  }
+
+  function onConversation(id) {
+    if (!id || chat.dataset.conversationId === id) return;
+    chat.dataset.conversationId = id;
+    const url = chat.dataset.conversationUrlTemplate.replace(
+      "00000000-0000-0000-0000-000000000000", id);
+    form.action = url;
+    history.replaceState(null, "", url);
+  }
+
+  function formatUsage(usage) {
+    return usage.total_tokens + " tokens · $" + Number(usage.cost_usd).toFixed(6) +
+      (usage.estimated ? " (estimated)" : "") + " · " + usage.latency_ms + " ms";
+  }
+
+  async function submit(text) {
+    errorBox.hidden = true;
+    setBusy(true);
+    const mine = addMessage("user", text);
+    let answer = null;
+    let failed = false;
+    try {
+      const response = await fetch(chat.dataset.apiUrl, {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken(),
+                   "Accept": "text/event-stream" },
+        body: JSON.stringify({ prompt: text, conversation_id: chat.dataset.conversationId || null,
+                               stream: true }),
+      });
+      const type = response.headers.get("Content-Type") || "";
+      if (!response.ok || !type.startsWith("text/event-stream")) {
+        let data = {};
+        try { data = await response.json(); } catch (e) { /* not JSON */ }
+        if (data.conversation_id) onConversation(data.conversation_id);
+        throw new Error(data.error || ("The server answered " + response.status + "."));
+      }
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const frame = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          let event = "message";
+          let data = "";
+          for (const line of frame.split("\n")) {
+            if (line.startsWith("event: ")) event = line.slice(7);
+            else if (line.startsWith("data: ")) data += line.slice(6);
+          }
+          const payload = data ? JSON.parse(data) : {};
+          if (event === "start") {
+            onConversation(payload.conversation_id);
+            answer = addMessage("assistant", "", "streaming");
+            if (payload.demo) answer.label.insertAdjacentHTML("beforeend", ' <span class="badge">demo</span>');
+          } else if (event === "delta") {
+            answer.content.textContent += payload.text;
+          } else if (event === "done") {
+            answer.li.classList.remove("streaming");
+            usageLine.textContent = formatUsage(payload.usage);
+          } else if (event === "error") {
+            throw new Error(payload.error);
+          }
+        }
+      }
+      if (answer && answer.li.classList.contains("streaming")) {
+        throw new Error("The connection ended before the answer was complete.");
+      }
+      prompt.value = "";
+    } catch (err) {
+      failed = true;
+      if (answer) answer.li.remove();
+      mine.li.classList.add("message-failed");
+      prompt.value = text;  // never lose what the user wrote
+      showError(err.message || "The message could not be sent.");
+    } finally {
+      setBusy(false);
+      if (!failed) prompt.focus();
+    }
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    const text = prompt.value.trim();
+    if (!text || send.disabled) return;
+    submit(text);
+  });
+  prompt.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  retry.addEventListener("click", function () {
+    const failedMessages = list.querySelectorAll(".message-user.message-failed");
+    if (failedMessages.length) failedMessages[failedMessages.length - 1].remove();
+    form.requestSubmit();
+  });
+})();

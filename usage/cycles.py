@@ -1,0 +1,103 @@
+"""Monthly billing cycles anchored per user, in USAGE_TIME_ZONE, half-open [start, end).
+
+A cycle starts at 00:00 on the anchor's day of month; a month without that day
+(the 29th-31st) starts it on its last day instead. Boundaries are computed as
+local dates first and only then turned into aware datetimes, so DST changes
+move the UTC instant of midnight but never the day a cycle starts on.
+"""
+
+import calendar
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.utils import timezone
+
+
+@dataclass(frozen=True)
+class Cycle:
+    start_date: date  # first local day in the cycle
+    end_date: date  # first local day after it
+    tz: ZoneInfo
+
+    @property
+    def start(self) -> datetime:
+        return _midnight(self.start_date, self.tz)
+
+    @property
+    def end(self) -> datetime:
+        return _midnight(self.end_date, self.tz)
+
+    @property
+    def days(self) -> list[date]:
+        return [
+            self.start_date + timedelta(days=n)
+            for n in range((self.end_date - self.start_date).days)
+        ]
+
+    def __contains__(self, moment: datetime) -> bool:
+        return self.start <= moment < self.end
+
+    def previous(self, anchor_day: int) -> "Cycle":
+        return cycle_containing(anchor_day, self.start_date - timedelta(days=1), self.tz)
+
+    def next(self, anchor_day: int) -> "Cycle":
+        return cycle_containing(anchor_day, self.end_date, self.tz)
+
+
+def _midnight(day: date, tz: ZoneInfo) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=tz)
+
+
+def _start_in_month(anchor_day: int, year: int, month: int) -> date:
+    return date(year, month, min(anchor_day, calendar.monthrange(year, month)[1]))
+
+
+def _shift_month(year: int, month: int, by: int) -> tuple[int, int]:
+    index = year * 12 + (month - 1) + by
+    return index // 12, index % 12 + 1
+
+
+def cycle_containing(anchor_day: int, day: date, tz: ZoneInfo | None = None) -> Cycle:
+    """The cycle that the local calendar day `day` belongs to."""
+    tz = tz or settings.USAGE_TIME_ZONE
+    year, month = day.year, day.month
+    start = _start_in_month(anchor_day, year, month)
+    if day < start:
+        year, month = _shift_month(year, month, -1)
+        start = _start_in_month(anchor_day, year, month)
+    end = _start_in_month(anchor_day, *_shift_month(year, month, 1))
+    return Cycle(start, end, tz)
+
+
+def local_day(moment: datetime, tz: ZoneInfo | None = None) -> date:
+    return moment.astimezone(tz or settings.USAGE_TIME_ZONE).date()
+
+
+def cycle_for(account, at: datetime | None = None) -> Cycle:
+    """The cycle of a UsageAccount that contains the instant `at` (default: now)."""
+    tz = settings.USAGE_TIME_ZONE
+    return cycle_containing(account.billing_anchor.day, local_day(at or timezone.now(), tz), tz)
+
+
+def earlier_cycles(account, count: int, at: datetime | None = None) -> list[Cycle]:
+    """The current cycle and up to `count - 1` before it, newest first, none before the anchor."""
+    anchor_day = account.billing_anchor.day
+    cycle = cycle_for(account, at)
+    cycles = [cycle]
+    while len(cycles) < count and cycle.start_date > account.billing_anchor:
+        cycle = cycle.previous(anchor_day)
+        cycles.append(cycle)
+    return cycles
+
+
+def current_cycle_bounds_by_anchor_day(at: datetime | None = None) -> dict[int, Cycle]:
+    """For each possible anchor day (1-31), the cycle containing `at`.
+
+    Lets SQL pick every user's current cycle with one CASE over the anchor's day
+    (the admin's user list) instead of one query per user.
+    """
+    tz = settings.USAGE_TIME_ZONE
+    today = local_day(at or timezone.now(), tz)
+    return {day: cycle_containing(day, today, tz) for day in range(1, 32)}

@@ -1,0 +1,129 @@
+"""The one module that talks to PostHog's query API.
+
+https://posthog.com/docs/api/queries : POST {api host}/api/projects/{id}/query/
+with a personal API key (scope query:read) as Bearer. Inputs go in `values`
+and appear in the HogQL text only as {placeholders}, never spliced in.
+"""
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+REFRESH_MODES = {"blocking", "force_blocking"}
+
+
+class PostHogError(Exception):
+    """Base of the query API failures. Messages never contain the key."""
+
+
+class PostHogUnavailable(PostHogError):
+    """Timeout, connection error, 5xx, or throttled: try again later."""
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class PostHogQueryError(PostHogError):
+    """400: the query was refused (syntax, unknown field, missing placeholder)."""
+
+
+class PostHogAuthError(PostHogError):
+    """401/403: the personal API key is wrong, lacks query:read, or the project is wrong."""
+
+
+class PostHogNotConfigured(PostHogError):
+    pass
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    is_cached: bool
+    hogql: str | None = None
+
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """One Session per thread: connection reuse across calls without sharing across threads."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+    return session
+
+
+def is_configured() -> bool:
+    return bool(settings.POSTHOG_PROJECT_ID and settings.POSTHOG_PERSONAL_API_KEY)
+
+
+def query_url() -> str:
+    return f"{settings.POSTHOG_API_HOST}/api/projects/{settings.POSTHOG_PROJECT_ID}/query/"
+
+
+def _retry_after(response: requests.Response) -> int | None:
+    value = response.headers.get("Retry-After", "")
+    return int(value) if value.isdigit() else None
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("code") or f"HTTP {response.status_code}")
+    return f"HTTP {response.status_code}"
+
+
+def run(
+    query: str, values: dict[str, Any], name: str, refresh: str = "blocking"
+) -> QueryResult:
+    """Run one HogQL query; rows come back as dicts keyed by column name."""
+    if not is_configured():
+        raise PostHogNotConfigured("PostHog's project id and personal API key are not set.")
+    if refresh not in REFRESH_MODES:
+        raise ValueError(f"refresh must be one of {sorted(REFRESH_MODES)}")
+    body = {
+        "query": {"kind": "HogQLQuery", "query": query, "values": values},
+        "name": name,
+        "refresh": refresh,
+    }
+    try:
+        response = _session().post(
+            query_url(),
+            json=body,
+            headers={"Authorization": f"Bearer {settings.POSTHOG_PERSONAL_API_KEY}"},
+            timeout=settings.POSTHOG_QUERY_TIMEOUT,
+        )
+    except requests.Timeout as exc:
+        raise PostHogUnavailable("PostHog did not answer in time.") from exc
+    except requests.RequestException as exc:
+        raise PostHogUnavailable(f"PostHog could not be reached ({type(exc).__name__}).") from exc
+
+    status = response.status_code
+    if status == 200:
+        try:
+            payload = response.json()
+            columns = list(payload["columns"])
+            rows = [dict(zip(columns, row, strict=True)) for row in payload["results"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PostHogUnavailable("PostHog sent a response that could not be read.") from exc
+        return QueryResult(columns, rows, bool(payload.get("is_cached")), payload.get("hogql"))
+    detail = _detail(response)
+    log.warning("PostHog query %r failed: HTTP %s %s", name, status, detail)
+    if status == 400:
+        raise PostHogQueryError(f"PostHog refused the query: {detail}")
+    if status in (401, 403):
+        raise PostHogAuthError(f"PostHog refused the credentials (HTTP {status}): {detail}")
+    if status == 429:
+        raise PostHogUnavailable("PostHog is throttling queries.", _retry_after(response))
+    raise PostHogUnavailable(f"PostHog failed to answer (HTTP {status}).")

@@ -1,0 +1,149 @@
+"""The usage ledger: what every generation cost, per user, in Decimal USD."""
+
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+MONEY = {"max_digits": 20, "decimal_places": 10}
+PRICE = {"max_digits": 12, "decimal_places": 6}
+
+
+class ModelPrice(models.Model):
+    """USD per 1M tokens, as OpenAI publishes them. Editable in admin."""
+
+    model = models.CharField(max_length=100, unique=True)
+    input_per_1m = models.DecimalField(**PRICE)
+    cached_input_per_1m = models.DecimalField(**PRICE)
+    output_per_1m = models.DecimalField(**PRICE)
+    active = models.BooleanField(default=True, help_text="Inactive models are refused.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(input_per_1m__gte=0)
+                & Q(cached_input_per_1m__gte=0)
+                & Q(output_per_1m__gte=0),
+                name="modelprice_non_negative",
+            )
+        ]
+
+    def __str__(self):
+        return self.model
+
+
+class UsageAccount(models.Model):
+    """Per-user limits and the billing anchor. Created with the user."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_account"
+    )
+    billing_anchor = models.DateField(
+        help_text="Cycles start on this day of each month (the last day when a month is shorter)."
+    )
+    budget_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="Per cycle. Empty: the default from settings. 0: no cap.",
+    )
+    message_limit = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Per cycle. Empty: the default from settings. 0: no cap."
+    )
+
+    def __str__(self):
+        return f"Usage account of {self.user}"
+
+    @property
+    def effective_budget(self) -> Decimal:
+        if self.budget_usd is None:
+            return settings.USAGE_DEFAULT_BUDGET_USD
+        return self.budget_usd
+
+    @property
+    def effective_message_limit(self) -> int:
+        if self.message_limit is None:
+            return settings.USAGE_DEFAULT_MESSAGE_LIMIT
+        return self.message_limit
+
+
+class Generation(models.Model):
+    """One LLM call. Its id is sent to PostHog as the property generation_id."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        OK = "ok"
+        ERROR = "error"
+        ABANDONED = "abandoned"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generations"
+    )
+    # A reference, not a foreign key: usage never imports chat.
+    conversation_id = models.UUIDField(null=True, blank=True, db_index=True)
+    model = models.CharField(max_length=100)
+    provider = models.CharField(max_length=100)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    reserved_cost = models.DecimalField(**MONEY, default=Decimal(0))
+    input_tokens = models.PositiveIntegerField(default=0)
+    cached_input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=Decimal(0))
+    cost_estimated = models.BooleanField(
+        default=False, help_text="The provider reported no usage; tokens were estimated."
+    )
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    # The prices this generation was charged at (USD per 1M tokens).
+    price_input_per_1m = models.DecimalField(**PRICE)
+    price_cached_input_per_1m = models.DecimalField(**PRICE)
+    price_output_per_1m = models.DecimalField(**PRICE)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["user", "created_at"], name="generation_user_created"),
+            models.Index(fields=["status", "created_at"], name="generation_status_created"),
+        ]
+
+    def __str__(self):
+        return f"{self.model} for {self.user_id} ({self.status})"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class DailyUsage(models.Model):
+    """Settled generations rolled up per user, day (in USAGE_TIME_ZONE) and model."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="daily_usage"
+    )
+    day = models.DateField()
+    model = models.CharField(max_length=100)
+    generations = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    cached_input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(**MONEY, default=Decimal(0))
+
+    class Meta:
+        ordering = ["day", "model"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "day", "model"], name="dailyusage_unique_day")
+        ]
+
+    def __str__(self):
+        return f"{self.user_id} {self.day} {self.model}"

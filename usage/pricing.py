@@ -1,0 +1,66 @@
+"""Prices and cost, in Decimal USD.
+
+OpenAI counts cached input tokens inside the input tokens (inclusive), so the
+cost of a call is (input - cached) x input price + cached x cached price +
+output x output price. PostHog applies the same rule to the per-token prices
+we send with every event, which is what keeps its cost equal to the ledger's.
+"""
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from usage.models import ModelPrice
+
+MILLION = Decimal(1_000_000)
+COST_QUANTUM = Decimal("0.0000000001")  # the ledger's 10 decimal places
+
+
+class UnknownModelError(Exception):
+    """No active price for a model: refused, never recorded as $0."""
+
+    def __init__(self, model: str):
+        self.model = model
+        super().__init__(
+            f"The model {model!r} has no price in the price table, so its cost cannot be "
+            "recorded. A staff member can add it under Admin > Model prices."
+        )
+
+
+@dataclass(frozen=True)
+class Price:
+    model: str
+    input_per_1m: Decimal
+    cached_input_per_1m: Decimal
+    output_per_1m: Decimal
+
+    @classmethod
+    def from_row(cls, row: ModelPrice) -> "Price":
+        return cls(row.model, row.input_per_1m, row.cached_input_per_1m, row.output_per_1m)
+
+    def cost(self, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> Decimal:
+        cached = min(cached_input_tokens, input_tokens)
+        total = (
+            (input_tokens - cached) * self.input_per_1m
+            + cached * self.cached_input_per_1m
+            + output_tokens * self.output_per_1m
+        ) / MILLION
+        return total.quantize(COST_QUANTUM)
+
+    def posthog_properties(self) -> dict[str, float]:
+        """Per-ONE-token prices, the names PostHog's cost step reads (posthog-notes)."""
+        return {
+            "$ai_input_token_price": float(self.input_per_1m / MILLION),
+            "$ai_output_token_price": float(self.output_per_1m / MILLION),
+            "$ai_cache_read_token_price": float(self.cached_input_per_1m / MILLION),
+        }
+
+
+def price_for(model: str) -> Price:
+    row = ModelPrice.objects.filter(model=model, active=True).first()
+    if row is None:
+        raise UnknownModelError(model)
+    return Price.from_row(row)
+
+
+def cost(model: str, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> Decimal:
+    return price_for(model).cost(input_tokens, cached_input_tokens, output_tokens)

@@ -1,0 +1,303 @@
+"""What a user used in a billing cycle: one UsageReport, from PostHog or from the ledger.
+
+PostHog is read with ONE HogQL query per report (grouped by local day, model and
+error flag), cached per (user, cycle). When PostHog is not configured, fails or
+is throttled, the ledger's daily rollups answer instead and the report says so.
+The budget figures always come from the ledger: it is what enforces the budget.
+"""
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.cache import cache
+from django.utils import timezone
+
+from usage import hogql
+from usage.cycles import Cycle, cycle_for
+from usage.limits import Spend, spend_for
+from usage.models import DailyUsage, UsageAccount
+
+log = logging.getLogger(__name__)
+
+REPORT_QUANTUM = Decimal("0.000001")  # reports show micro-dollars
+POSTHOG_DOWN_SECONDS = 30  # after a failure, skip PostHog for this long
+
+# https://posthog.com/docs/api/queries : placeholders {name} are bound from "values".
+USAGE_QUERY = """
+SELECT
+    toString(toDate(toTimeZone(timestamp, {time_zone}))) AS day,
+    toString(properties.$ai_model) AS model,
+    coalesce(toString(properties.$ai_is_error), '') = 'true' AS is_error,
+    count() AS generations,
+    coalesce(sum(toInt(properties.$ai_input_tokens)), 0) AS input_tokens,
+    coalesce(sum(toInt(properties.$ai_cache_read_input_tokens)), 0) AS cached_input_tokens,
+    coalesce(sum(toInt(properties.$ai_output_tokens)), 0) AS output_tokens,
+    coalesce(sum(toFloat(properties.$ai_total_cost_usd)), 0) AS cost_usd
+FROM events
+WHERE event = '$ai_generation'
+    AND distinct_id = {distinct_id}
+    AND timestamp >= toDateTime({start}, 'UTC')
+    AND timestamp < toDateTime({end}, 'UTC')
+GROUP BY day, model, is_error
+ORDER BY day, model, is_error
+LIMIT 50000
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    """Usage of one model on one local day."""
+
+    day: date
+    model: str
+    messages: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal = Decimal(0)
+
+    def __add__(self, other: "Row") -> "Row":
+        return Row(
+            self.day,
+            self.model,
+            self.messages + other.messages,
+            self.errors + other.errors,
+            self.input_tokens + other.input_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cost + other.cost,
+        )
+
+
+@dataclass(frozen=True)
+class Totals:
+    messages: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal = Decimal(0)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @classmethod
+    def of(cls, rows) -> "Totals":
+        rows = list(rows)
+        return cls(
+            sum(r.messages for r in rows),
+            sum(r.errors for r in rows),
+            sum(r.input_tokens for r in rows),
+            sum(r.cached_input_tokens for r in rows),
+            sum(r.output_tokens for r in rows),
+            sum((r.cost for r in rows), Decimal(0)).quantize(REPORT_QUANTUM),
+        )
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    cycle: Cycle
+    totals: Totals
+    daily: list[tuple[date, Totals]]  # every day of the cycle, zeros included
+    models: list[tuple[str, Totals]]  # by cost, highest first
+    spend: Spend  # from the ledger: budget, spent, reservations in flight
+    source: str  # "posthog" or "ledger"
+    as_of: datetime
+    note: str = ""  # why the ledger answered although PostHog is wanted
+    is_current: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def budget_spent(self) -> Decimal:
+        return self.spend.settled_cost + self.spend.pending_cost
+
+    @property
+    def spent_fraction(self) -> float | None:
+        if not self.spend.budget:
+            return None
+        return float(self.budget_spent / self.spend.budget)
+
+    @property
+    def budget_left(self) -> Decimal | None:
+        return self.spend.budget_left
+
+    def as_dict(self) -> dict:
+        def totals(t: Totals) -> dict:
+            data = asdict(t)
+            data["cost"] = str(t.cost)
+            data["total_tokens"] = t.total_tokens
+            return data
+
+        return {
+            "usage": totals(self.totals),
+            "estimatedCost": float(self.totals.cost),
+            "currency": "USD",
+            "cycle": {
+                "start": self.cycle.start.isoformat(),
+                "end": self.cycle.end.isoformat(),
+                "time_zone": self.cycle.tz.key,
+                "current": self.is_current,
+            },
+            "budget": {
+                "budget_usd": str(self.spend.budget) if self.spend.budget else None,
+                "spent_usd": str(self.spend.settled_cost.quantize(REPORT_QUANTUM)),
+                "reserved_usd": str(self.spend.pending_cost.quantize(REPORT_QUANTUM)),
+                "left_usd": (
+                    str(self.budget_left.quantize(REPORT_QUANTUM))
+                    if self.budget_left is not None
+                    else None
+                ),
+                "spent_fraction": self.spent_fraction,
+                "message_limit": self.spend.message_limit or None,
+                "resets_at": self.cycle.end.isoformat(),
+            },
+            "daily": [{"day": d.isoformat(), **totals(t)} for d, t in self.daily],
+            "models": [{"model": m, **totals(t)} for m, t in self.models],
+            "source": self.source,
+            "note": self.note,
+            "asOf": self.as_of.isoformat(),
+        }
+
+
+def wanted_source() -> str:
+    if settings.USAGE_SOURCE == "auto":
+        return "posthog" if hogql.is_configured() else "ledger"
+    return settings.USAGE_SOURCE
+
+
+def account_for(user) -> UsageAccount:
+    account = UsageAccount.objects.filter(user=user).first()
+    if account is None:
+        from usage.cycles import local_day
+
+        account, _ = UsageAccount.objects.get_or_create(
+            user=user, defaults={"billing_anchor": local_day(user.date_joined)}
+        )
+    return account
+
+
+def ledger_rows(user_id: int, cycle: Cycle) -> list[Row]:
+    return [
+        Row(
+            r.day, r.model, r.generations, r.errors, r.input_tokens,
+            r.cached_input_tokens, r.output_tokens, r.cost,
+        )
+        for r in DailyUsage.objects.filter(
+            user_id=user_id, day__gte=cycle.start_date, day__lt=cycle.end_date
+        )
+    ]
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def query_values(user_id: int, cycle: Cycle) -> dict:
+    return {
+        "distinct_id": str(user_id),
+        "start": _utc(cycle.start),
+        "end": _utc(cycle.end),
+        "time_zone": cycle.tz.key,
+    }
+
+
+def posthog_rows(user_id: int, cycle: Cycle, refresh: bool = False) -> list[Row]:
+    result = hogql.run(
+        USAGE_QUERY,
+        query_values(user_id, cycle),
+        name="chatusage user cycle usage",
+        refresh="force_blocking" if refresh else "blocking",
+    )
+    merged: dict[tuple[date, str], Row] = {}
+    for r in result.rows:
+        day = date.fromisoformat(r["day"])
+        model = r["model"] or "unknown"
+        is_error = bool(r["is_error"])
+        generations = int(r["generations"] or 0)
+        row = Row(
+            day,
+            model,
+            messages=0 if is_error else generations,
+            errors=generations if is_error else 0,
+            input_tokens=int(r["input_tokens"] or 0),
+            cached_input_tokens=int(r["cached_input_tokens"] or 0),
+            output_tokens=int(r["output_tokens"] or 0),
+            cost=Decimal(repr(float(r["cost_usd"] or 0))),
+        )
+        key = (day, model)
+        merged[key] = merged[key] + row if key in merged else row
+    return list(merged.values())
+
+
+def _cache_key(user_id: int, cycle: Cycle) -> str:
+    return f"usage-report:v1:{user_id}:{cycle.start_date.isoformat()}"
+
+
+def _posthog_or_ledger(user_id, cycle, refresh) -> tuple[list[Row], str, datetime, str]:
+    """Rows, source, as-of time and a note for the reader."""
+    now = timezone.now()
+    wanted = wanted_source()
+    if wanted == "ledger":
+        return ledger_rows(user_id, cycle), "ledger", now, ""
+    if not hogql.is_configured():
+        note = "PostHog is not configured: these numbers come from the ledger."
+        return ledger_rows(user_id, cycle), "ledger", now, note
+    key = _cache_key(user_id, cycle)
+    if not refresh:
+        cached = cache.get(key)
+        if cached is not None:
+            rows, as_of = cached
+            return rows, "posthog", as_of, ""
+        if cache.get("usage-report:posthog-down"):
+            note = "PostHog did not answer just now: these numbers come from the ledger."
+            return ledger_rows(user_id, cycle), "ledger", now, note
+    try:
+        rows = posthog_rows(user_id, cycle, refresh=refresh)
+    except hogql.PostHogError as exc:
+        log.warning("Usage report fell back to the ledger: %s", exc)
+        if isinstance(exc, hogql.PostHogUnavailable):
+            cache.set("usage-report:posthog-down", 1, exc.retry_after or POSTHOG_DOWN_SECONDS)
+        note = f"PostHog could not be read ({exc}): these numbers come from the ledger."
+        return ledger_rows(user_id, cycle), "ledger", now, note
+    cache.set(key, (rows, now), settings.USAGE_CACHE_SECONDS)
+    return rows, "posthog", now, ""
+
+
+def build_report(
+    cycle: Cycle, rows: list[Row], spend: Spend, source: str, as_of: datetime, note: str = "",
+    is_current: bool = True,
+) -> UsageReport:
+    by_day: dict[date, list[Row]] = {}
+    by_model: dict[str, list[Row]] = {}
+    for row in rows:
+        by_day.setdefault(row.day, []).append(row)
+        by_model.setdefault(row.model, []).append(row)
+    models = sorted(
+        ((m, Totals.of(rs)) for m, rs in by_model.items()), key=lambda mt: (-mt[1].cost, mt[0])
+    )
+    return UsageReport(
+        cycle=cycle,
+        totals=Totals.of(rows),
+        daily=[(d, Totals.of(by_day.get(d, []))) for d in cycle.days],
+        models=models,
+        spend=spend,
+        source=source,
+        as_of=as_of,
+        note=note,
+        is_current=is_current,
+    )
+
+
+def report_for(user, cycle: Cycle | None = None, refresh: bool = False) -> UsageReport:
+    """The user's usage in `cycle` (default: the current one)."""
+    account = account_for(user)
+    current = cycle_for(account)
+    cycle = cycle or current
+    spend = spend_for(account, cycle, include_pending=cycle == current)
+    rows, source, as_of, note = _posthog_or_ledger(user.pk, cycle, refresh)
+    return build_report(cycle, rows, spend, source, as_of, note, is_current=cycle == current)

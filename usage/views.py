@@ -1,0 +1,150 @@
+import csv
+from datetime import date
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from chatusage.api import api_view, error
+from usage import reports
+from usage.charts import daily_cost_chart
+from usage.cycles import Cycle, cycle_containing, cycle_for, earlier_cycles
+from usage.models import Generation
+
+EARLIER_CYCLES_SHOWN = 12
+
+
+class BadCycle(ValueError):
+    pass
+
+
+def _cycle_from(request, account) -> Cycle:
+    """?cycle=YYYY-MM-DD picks the cycle containing that day; none after the current one."""
+    current = cycle_for(account)
+    raw = request.GET.get("cycle", "")
+    if not raw:
+        return current
+    try:
+        day = date.fromisoformat(raw)
+    except ValueError as exc:
+        raise BadCycle("The cycle must be a date written YYYY-MM-DD.") from exc
+    if day >= current.end_date:
+        raise BadCycle("That cycle has not started yet.")
+    return cycle_containing(account.billing_anchor.day, day, current.tz)
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    account = reports.account_for(request.user)
+    try:
+        cycle = _cycle_from(request, account)
+    except BadCycle as exc:
+        messages.error(request, str(exc))
+        return redirect("usage:dashboard")
+    report = reports.report_for(request.user, cycle)
+    return render(
+        request,
+        "usage/dashboard.html",
+        {
+            "report": report,
+            "chart": daily_cost_chart(report.daily),
+            "cycles": earlier_cycles(account, EARLIER_CYCLES_SHOWN),
+            "account": account,
+            "budget_percent": (
+                min(round(report.spent_fraction * 100, 1), 100)
+                if report.spent_fraction is not None
+                else None
+            ),
+        },
+    )
+
+
+@login_required
+@require_POST
+def refresh(request: HttpRequest) -> HttpResponse:
+    """Ask PostHog for fresh numbers, at most once per USAGE_REFRESH_SECONDS per user."""
+    account = reports.account_for(request.user)
+    try:
+        cycle = _cycle_from(request, account)
+    except BadCycle:
+        cycle = cycle_for(account)
+    url = reverse("usage:dashboard")
+    if request.GET.get("cycle"):
+        url += f"?cycle={cycle.start_date.isoformat()}"
+    if reports.wanted_source() != "posthog":
+        messages.info(request, "The ledger is always up to date; nothing to refresh.")
+    elif cache.add(f"usage-refresh:{request.user.pk}", 1, settings.USAGE_REFRESH_SECONDS):
+        report = reports.report_for(request.user, cycle, refresh=True)
+        if report.source == "posthog":
+            messages.success(request, "Fresh numbers from PostHog.")
+    else:
+        messages.info(request, "These numbers were refreshed less than a minute ago.")
+    return redirect(url)
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+def _cycle_generations(user, cycle: Cycle):
+    """Generations counted in the cycle: settled in it, or still pending since it began."""
+    return (
+        Generation.objects.filter(user=user)
+        .filter(
+            Q(settled_at__gte=cycle.start, settled_at__lt=cycle.end)
+            | Q(settled_at__isnull=True, created_at__gte=cycle.start, created_at__lt=cycle.end)
+        )
+        .order_by("created_at")
+    )
+
+
+@login_required
+@require_GET
+def export_csv(request: HttpRequest) -> HttpResponse:
+    account = reports.account_for(request.user)
+    try:
+        cycle = _cycle_from(request, account)
+    except BadCycle as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain")
+    tz = cycle.tz
+    writer = csv.writer(_Echo())
+    header = [
+        "time", "generation_id", "model", "provider", "status", "input_tokens",
+        "cached_input_tokens", "output_tokens", "cost_usd", "cost_estimated", "latency_ms",
+    ]
+
+    def lines():
+        yield writer.writerow(header)
+        for g in _cycle_generations(request.user, cycle).iterator(chunk_size=2000):
+            yield writer.writerow(
+                [
+                    (g.settled_at or g.created_at).astimezone(tz).isoformat(),
+                    g.id, g.model, g.provider, g.status, g.input_tokens,
+                    g.cached_input_tokens, g.output_tokens, g.cost, g.cost_estimated,
+                    g.latency_ms if g.latency_ms is not None else "",
+                ]
+            )
+
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    filename = f"chatusage-{cycle.start_date.isoformat()}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@api_view(("GET",))
+def api_usage(request: HttpRequest) -> HttpResponse:
+    """The logged-in user's report. A userId (or any other) parameter is ignored on purpose."""
+    account = reports.account_for(request.user)
+    try:
+        cycle = _cycle_from(request, account)
+    except BadCycle as exc:
+        return error(str(exc), "invalid_cycle", 400)
+    return JsonResponse(reports.report_for(request.user, cycle).as_dict())
