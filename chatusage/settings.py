@@ -115,7 +115,8 @@ LOGIN_REDIRECT_URL = "chat:index"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# Pages show times in the billing time zone (USAGE_TIME_ZONE, below).
+TIME_ZONE = env.str("USAGE_TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
 

@@ -8,7 +8,7 @@ move the UTC instant of midnight but never the day a cycle starts on.
 
 import calendar
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -47,7 +47,8 @@ class Cycle:
 
 
 def _midnight(day: date, tz: ZoneInfo) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=tz)
+    # In UTC: Python subtracts two datetimes sharing one tzinfo by wall clock, not elapsed time.
+    return datetime.combine(day, time.min, tzinfo=tz).astimezone(UTC)
 
 
 def _start_in_month(anchor_day: int, year: int, month: int) -> date:

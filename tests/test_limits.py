@@ -1,0 +1,174 @@
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import connection, connections
+from django.utils import timezone
+
+from tests.conftest import set_budget
+from usage import limits
+from usage.limits import TokenUsage, UsageLimitReached, reserve, settle
+from usage.models import DailyUsage, Generation, ModelPrice
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
+
+
+@pytest.fixture
+def dollar_model(db):
+    """Input is free, output costs $0.01 a token: 100 max tokens = exactly $1.00 worst case."""
+    ModelPrice.objects.create(
+        model="dollar-model", input_per_1m=0, cached_input_per_1m=0, output_per_1m=10_000
+    )
+    return "dollar-model"
+
+
+def test_worst_case_input_is_bounded_by_utf8_bytes_plus_overhead():
+    bound = limits.worst_case_input_tokens([{"role": "user", "content": "héllo"}])
+    assert bound == len("héllo".encode()) + limits.PER_MESSAGE_OVERHEAD_TOKENS + 8
+
+
+def test_reserve_holds_the_worst_case_and_settle_records_the_actual(alice):
+    reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    bound = limits.worst_case_input_tokens(MESSAGES)
+    expected_hold = (Decimal(bound) * Decimal("0.15") + 500 * Decimal("0.60")) / 1_000_000
+    assert reservation.reserved_cost == expected_hold.quantize(Decimal("1e-10"))
+    generation = Generation.objects.get(pk=reservation.generation_id)
+    assert generation.status == "pending"
+    assert generation.price_output_per_1m == Decimal("0.60")
+
+    generation = settle(reservation, TokenUsage(30, 0, 12), latency_ms=420, http_status=200)
+    assert generation.status == "ok"
+    assert generation.cost == Decimal("0.0000117")  # 30 x 0.15 + 12 x 0.60 per 1M
+    assert (generation.input_tokens, generation.output_tokens) == (30, 12)
+    assert generation.latency_ms == 420
+    spend = limits.spend_for(alice.usage_account, limits.cycle_for(alice.usage_account))
+    assert spend.pending_cost == 0
+    assert spend.settled_cost == Decimal("0.0000117")
+    day = DailyUsage.objects.get(user=alice)
+    assert (day.generations, day.errors, day.input_tokens, day.output_tokens) == (1, 0, 30, 12)
+
+
+def test_settle_is_idempotent(alice):
+    reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    settle(reservation, TokenUsage(30, 0, 12))
+    settle(reservation, TokenUsage(30, 0, 12))
+    settle(reservation, error="late error")
+    day = DailyUsage.objects.get(user=alice)
+    assert (day.generations, day.errors, day.cost) == (1, 0, Decimal("0.0000117"))
+
+
+def test_a_failed_call_costs_nothing_and_releases_its_reservation(alice):
+    reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    generation = settle(reservation, error="provider_error: boom", http_status=500)
+    assert (generation.status, generation.cost, generation.http_status) == ("error", 0, 500)
+    spend = limits.spend_for(alice.usage_account, limits.cycle_for(alice.usage_account))
+    assert (spend.pending_cost, spend.settled_cost, spend.settled_messages) == (0, 0, 0)
+    assert DailyUsage.objects.get(user=alice).errors == 1
+
+
+def test_an_answer_without_reported_usage_settles_at_a_flagged_estimate(alice):
+    reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    usage = limits.estimate_usage(reservation, "x" * 400)
+    generation = settle(reservation, usage)
+    assert generation.cost_estimated
+    assert generation.output_tokens == 100
+    assert generation.cost > 0
+
+
+def test_reserve_refuses_when_the_worst_case_would_pass_the_budget(alice, dollar_model):
+    set_budget(alice, "2.00")
+    first = reserve(alice, dollar_model, MESSAGES, 100)
+    second = reserve(alice, dollar_model, MESSAGES, 100)
+    with pytest.raises(UsageLimitReached) as refused:
+        reserve(alice, dollar_model, MESSAGES, 100)
+    details = refused.value.as_dict()
+    assert details["reason"] == "budget"
+    assert details["budget"] == "2.00"
+    assert details["resets_at"] == limits.cycle_for(alice.usage_account).end.isoformat()
+    assert "resets on" in str(refused.value)
+    # Settling below the worst case gives the difference back: $0.40 spent, $1.60 free.
+    settle(first, TokenUsage(10, 0, 40))
+    with pytest.raises(UsageLimitReached):
+        reserve(alice, dollar_model, MESSAGES, 100)  # $0.40 + $1.00 held + $1.00 > $2.00
+    settle(second, error="boom")
+    reserve(alice, dollar_model, MESSAGES, 100)
+
+
+def test_a_budget_of_zero_means_no_cap(alice, dollar_model):
+    set_budget(alice, "0")
+    for _ in range(8):
+        reserve(alice, dollar_model, MESSAGES, 100)
+
+
+def test_the_message_limit_counts_settled_and_pending_calls(alice):
+    set_budget(alice, None, message_limit=2)
+    settle(reserve(alice, "gpt-4o-mini", MESSAGES, 500), TokenUsage(5, 0, 5))
+    reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    with pytest.raises(UsageLimitReached) as refused:
+        reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    assert refused.value.reason == "messages"
+
+
+def test_failed_calls_do_not_count_against_the_message_limit(alice):
+    set_budget(alice, None, message_limit=1)
+    settle(reserve(alice, "gpt-4o-mini", MESSAGES, 500), error="boom")
+    reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+
+
+def test_stale_reservations_are_abandoned_and_stop_holding_budget(alice, dollar_model, settings):
+    set_budget(alice, "1.00")
+    stuck = reserve(alice, dollar_model, MESSAGES, 100)
+    with pytest.raises(UsageLimitReached):
+        reserve(alice, dollar_model, MESSAGES, 100)
+    Generation.objects.filter(pk=stuck.generation_id).update(
+        created_at=timezone.now() - timedelta(seconds=2 * settings.OPENAI_TIMEOUT + 1)
+    )
+    reserve(alice, dollar_model, MESSAGES, 100)
+    assert Generation.objects.get(pk=stuck.generation_id).status == "abandoned"
+
+
+def test_one_users_spend_never_limits_another(alice, bob, dollar_model):
+    set_budget(alice, "1.00")
+    set_budget(bob, "1.00")
+    reserve(alice, dollar_model, MESSAGES, 100)
+    reserve(bob, dollar_model, MESSAGES, 100)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL row locks")
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reservations_never_overshoot_the_budget(django_user_model, dollar_model):
+    """N threads on N connections reserve at once against a budget that fits exactly k calls."""
+    threads_count, k = 24, 7
+    user = django_user_model.objects.create_user("racer", password="x")
+    set_budget(user, f"{k}.00")
+    barrier = threading.Barrier(threads_count)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def race():
+        try:
+            barrier.wait(timeout=30)
+            try:
+                reservation = reserve(user, dollar_model, MESSAGES, 100)
+            except UsageLimitReached:
+                result = "refused"
+            else:
+                # Settle at the worst case: the most a call can really cost.
+                settle(reservation, TokenUsage(reservation.input_token_bound, 0, 100))
+                result = "ok"
+            with lock:
+                outcomes.append(result)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=race) for _ in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["ok"] * k + ["refused"] * (threads_count - k)
+    spend = limits.spend_for(user.usage_account, limits.cycle_for(user.usage_account))
+    assert spend.settled_cost == Decimal(k)
+    assert spend.settled_cost <= user.usage_account.effective_budget
+    assert Generation.objects.filter(user=user, status="pending").count() == 0
