@@ -70,9 +70,10 @@ def current_provider() -> Provider:
     return Provider("openai", settings.OPENAI_MODEL, demo=False)
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _posthog: posthog.Posthog | None = None
 _client: OpenAI | None = None
+_http_client: httpx2.Client | None = None  # set by tests and benchmarks to mock OpenAI
 
 
 def _on_capture_error(error: Exception, batch) -> None:
@@ -99,41 +100,33 @@ def posthog_client() -> posthog.Posthog:
 
 def client() -> OpenAI:
     global _client
-    ph = posthog_client()
     with _lock:
         if _client is None:
             provider = current_provider()
             options = {
-                "posthog_client": ph,
+                "posthog_client": posthog_client(),
                 "timeout": settings.OPENAI_TIMEOUT,
                 "max_retries": MAX_RETRIES,
             }
             if provider.demo:
-                options.update(
-                    api_key="demo", base_url=demo.DEMO_BASE_URL, http_client=demo.http_client()
-                )
+                options.update(api_key="demo", base_url=demo.DEMO_BASE_URL)
+                options["http_client"] = _http_client or demo.http_client()
             else:
                 options["api_key"] = settings.OPENAI_API_KEY
                 if settings.OPENAI_BASE_URL:
                     options["base_url"] = settings.OPENAI_BASE_URL
+                if _http_client is not None:
+                    options["http_client"] = _http_client
             _client = OpenAI(**options)
         return _client
 
 
-def use_http_client(http_client: httpx2.Client) -> OpenAI:
-    """Build the process's client on the given transport (tests and benchmarks mock OpenAI so)."""
-    global _client
-    reset_clients(flush=False)
+def use_http_client(http_client: httpx2.Client | None) -> None:
+    """Send OpenAI's HTTP through `http_client` (an httpx2 MockTransport in tests), or stop."""
+    global _http_client, _client
     with _lock:
-        _client = OpenAI(
-            posthog_client=posthog_client(),
-            api_key=settings.OPENAI_API_KEY or "test",
-            base_url=settings.OPENAI_BASE_URL or None,
-            timeout=settings.OPENAI_TIMEOUT,
-            max_retries=MAX_RETRIES,
-            http_client=http_client,
-        )
-        return _client
+        _http_client = http_client
+        _client = None
 
 
 def reset_clients(flush: bool = True) -> None:

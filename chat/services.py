@@ -221,13 +221,13 @@ def stream_events(turn: Turn) -> Iterator[tuple[str, dict]]:
     """
     settled = False
     stream = None
-    yield "start", {
-        "conversation_id": str(turn.conversation.pk),
-        "generation_id": str(turn.reservation.generation_id),
-        "model": turn.provider.model,
-        "demo": turn.provider.demo,
-    }
     try:
+        yield "start", {
+            "conversation_id": str(turn.conversation.pk),
+            "generation_id": str(turn.reservation.generation_id),
+            "model": turn.provider.model,
+            "demo": turn.provider.demo,
+        }
         stream = llm.stream(turn.messages, **_call_context(turn))
         for delta in stream:
             yield "delta", {"text": delta}

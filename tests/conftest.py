@@ -42,7 +42,8 @@ def _isolation(settings):
     llm.reset_clients(flush=False)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         yield mock
-    llm.reset_clients(flush=False)
+        llm.reset_clients(flush=True)  # drain queued events while `responses` still answers
+    llm.use_http_client(None)
     cache.clear()
 
 
@@ -131,7 +132,7 @@ def openai_mock(settings) -> OpenAIMock:
     settings.OPENAI_API_KEY = "sk-test-not-a-real-key"
     settings.OPENAI_MODEL = "gpt-4o-mini"
     mock = OpenAIMock()
-    llm.use_http_client(httpx2.Client(transport=httpx2.MockTransport(mock)))
+    llm.use_http_client(httpx2.Client(transport=httpx2.MockTransport(mock)))  # survives resets
     return mock
 
 

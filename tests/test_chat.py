@@ -1,0 +1,390 @@
+import json
+import time
+from decimal import Decimal
+
+import httpx2
+import pytest
+from django.test import Client
+
+from chat.models import Conversation, Message
+from tests.conftest import set_budget
+from usage.models import DailyUsage, Generation
+
+API = "/api/chat/"
+
+OPENAI_COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1764000000,
+    "model": "gpt-4o-mini-2024-07-18",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Paris is the capital of France."},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 2000,
+        "completion_tokens": 9,
+        "total_tokens": 2009,
+        "prompt_tokens_details": {"cached_tokens": 1024},
+    },
+}
+
+
+def post(client, body, **extra):
+    return client.post(API, json.dumps(body), content_type="application/json", **extra)
+
+
+def sse_events(response) -> list[tuple[str, dict]]:
+    text = b"".join(response.streaming_content).decode()
+    events = []
+    for frame in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in frame.split("\n"))
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+def test_a_message_is_answered_priced_and_recorded(alice_client, alice, openai_mock):
+    openai_mock.answer(body=OPENAI_COMPLETION)
+    response = post(alice_client, {"prompt": "What is the capital of France?"})
+    assert response.status_code == 200
+    data = response.json()
+    assert data["response"] == "Paris is the capital of France."
+    generation = Generation.objects.get(pk=data["generation_id"])
+    assert generation.user == alice
+    assert (generation.status, generation.model, generation.provider) == ("ok", "gpt-4o-mini", "openai")
+    assert (generation.input_tokens, generation.cached_input_tokens, generation.output_tokens) == (
+        2000, 1024, 9
+    )
+    # (2000 - 1024) x 0.15 + 1024 x 0.075 + 9 x 0.60, per 1M tokens
+    assert generation.cost == Decimal("0.0002286")
+    assert data["usage"]["cost_usd"] == "0.0002286000"
+    conversation = Conversation.objects.get(pk=data["conversation_id"], user=alice)
+    assert [(m.role, m.failed) for m in conversation.messages.all()] == [
+        ("user", False), ("assistant", False)
+    ]
+    assert conversation.messages.last().generation_id == generation.pk
+    sent = openai_mock.requests[0]
+    assert sent["model"] == "gpt-4o-mini"
+    assert sent["max_completion_tokens"] == 500
+    assert sent["messages"][0]["role"] == "system"
+    assert sent["messages"][-1] == {"role": "user", "content": "What is the capital of France?"}
+
+
+def test_the_conversation_history_goes_to_the_model(alice_client, openai_mock):
+    first = post(alice_client, {"prompt": "My name is Alice."}).json()
+    post(alice_client, {"prompt": "What is my name?", "conversation_id": first["conversation_id"]})
+    history = openai_mock.requests[1]["messages"]
+    assert [m["role"] for m in history] == ["system", "user", "assistant", "user"]
+    assert history[1]["content"] == "My name is Alice."
+
+
+def test_history_is_trimmed_to_its_byte_budget(alice_client, openai_mock, settings):
+    settings.CHAT_HISTORY_BYTES = 3000
+    first = post(alice_client, {"prompt": "a" * 2500}).json()
+    post(alice_client, {"prompt": "short", "conversation_id": first["conversation_id"]})
+    sent = openai_mock.requests[1]["messages"]
+    assert all(m["content"] != "a" * 2500 for m in sent)
+    assert sent[-1]["content"] == "short"
+
+
+def test_the_generation_event_carries_the_users_id_and_prices(
+    alice_client, alice, openai_mock, posthog_capture
+):
+    openai_mock.answer(body=OPENAI_COMPLETION)
+    data = post(alice_client, {"prompt": "What is the capital of France?"}).json()
+    [event] = posthog_capture.generations()
+    props = event["properties"]
+    assert event["distinct_id"] == str(alice.pk)
+    assert props["$ai_trace_id"] == data["conversation_id"]
+    assert props["generation_id"] == data["generation_id"]
+    assert props["conversation_id"] == data["conversation_id"]
+    assert props["$ai_model"] == "gpt-4o-mini"
+    assert props["$ai_provider"] == "openai"
+    assert (props["$ai_input_tokens"], props["$ai_output_tokens"]) == (2000, 9)
+    assert props["$ai_cache_read_input_tokens"] == 1024
+    assert props["$ai_input_token_price"] == 1.5e-07
+    assert props["$ai_output_token_price"] == 6e-07
+    assert props["$ai_cache_read_token_price"] == 7.5e-08
+    assert props["$ai_http_status"] == 200
+    # Privacy mode (the default): neither the prompt nor the answer leaves the server.
+    raw = json.dumps(event)
+    assert "capital of France" not in raw
+    assert "Paris" not in raw
+
+
+def test_prompts_reach_posthog_only_when_privacy_mode_is_off(
+    alice_client, openai_mock, posthog_capture, settings
+):
+    settings.POSTHOG_PRIVACY_MODE = False
+    openai_mock.answer(body=OPENAI_COMPLETION)
+    post(alice_client, {"prompt": "What is the capital of France?"})
+    [event] = posthog_capture.generations()
+    assert "capital of France" in json.dumps(event["properties"]["$ai_input"])
+
+
+def test_a_streamed_answer_arrives_in_pieces_and_settles(
+    alice_client, alice, openai_mock, posthog_capture
+):
+    response = post(alice_client, {"prompt": "Tell me something", "stream": True})
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream"
+    events = sse_events(response)
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.count("delta") > 10
+    streamed = "".join(data["text"] for kind, data in events if kind == "delta")
+    done = events[-1][1]
+    assert done["response"] == streamed
+    generation = Generation.objects.get(user=alice)
+    assert generation.status == "ok"
+    assert not generation.cost_estimated
+    assert generation.output_tokens == done["usage"]["output_tokens"] > 0
+    assert openai_mock.requests[0]["stream_options"] == {"include_usage": True}
+    [event] = posthog_capture.generations()
+    assert event["distinct_id"] == str(alice.pk)
+    assert event["properties"]["generation_id"] == str(generation.pk)
+    assert event["properties"]["$ai_output_tokens"] == generation.output_tokens
+    assert "Tell me something" not in json.dumps(event)
+
+
+def test_a_stream_the_client_leaves_still_settles_and_keeps_the_partial_answer(
+    alice_client, alice, openai_mock
+):
+    response = post(alice_client, {"prompt": "Tell me something", "stream": True})
+    chunks = iter(response.streaming_content)
+    for _ in range(4):  # start and a few deltas, then the browser goes away
+        next(chunks)
+    response.close()
+    generation = Generation.objects.get(user=alice)
+    assert generation.status == "ok"
+    assert generation.cost_estimated
+    answer = Message.objects.get(role="assistant")
+    assert answer.interrupted and answer.content
+
+
+def test_a_stream_that_never_started_settles_at_zero(alice_client, alice, openai_mock):
+    response = post(alice_client, {"prompt": "Tell me something", "stream": True})
+    next(iter(response.streaming_content))  # the start event only
+    response.close()
+    generation = Generation.objects.get(user=alice)
+    assert (generation.status, generation.cost) == ("error", 0)
+
+
+def test_the_demo_model_answers_without_any_key(alice_client, alice, settings):
+    settings.OPENAI_API_KEY = ""
+    data = post(alice_client, {"prompt": "hello demo"}).json()
+    assert "offline demo model" in data["response"]
+    generation = Generation.objects.get(user=alice)
+    assert (generation.provider, generation.model) == ("demo", settings.DEMO_MODEL)
+    assert generation.cost > 0
+    assert Message.objects.get(role="assistant").demo
+    page = alice_client.get(f"/chat/{data['conversation_id']}/").content.decode()
+    assert "Demo mode" in page and "demo</span>" in page
+
+
+def test_an_openai_compatible_server_is_recorded_as_its_provider(
+    alice_client, alice, settings, posthog_capture
+):
+    settings.OPENAI_API_KEY = "ollama"
+    settings.OPENAI_BASE_URL = "http://llm.internal:11434/v1"
+    from chat import demo, llm
+
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return demo.handle(request)
+
+    llm.use_http_client(httpx2.Client(transport=httpx2.MockTransport(handler)))
+    post(alice_client, {"prompt": "hi"})
+    assert str(seen[0].url) == "http://llm.internal:11434/v1/chat/completions"
+    assert json.loads(seen[0].content)["max_tokens"] == 500
+    assert Generation.objects.get(user=alice).provider == "llm.internal"
+    [event] = posthog_capture.generations()
+    assert event["properties"]["$ai_provider"] == "llm.internal"
+
+
+FAILURES = [
+    ("401", lambda m: m.answer(401, {"error": {"message": "Incorrect API key provided: sk-te**"}}),
+     502, "provider_auth", 1),
+    ("429", lambda m: m.answer(429, {"error": {"message": "Rate limit"}}, headers={"retry-after-ms": "1"}),
+     502, "provider_rate_limited", 2),
+    ("500", lambda m: m.answer(500, {"error": {"message": "boom"}}, headers={"retry-after-ms": "1"}),
+     502, "provider_error", 2),
+    ("timeout", lambda m: m.raise_(httpx2.ReadTimeout("slow")), 504, "provider_timeout", 2),
+    ("connection", lambda m: m.raise_(httpx2.ConnectError("refused")), 502,
+     "provider_unreachable", 2),
+    ("malformed", lambda m: m.answer(200, content=b"<html>not json",
+                                     headers={"content-type": "application/json"}),
+     502, "provider_bad_response", 1),
+]
+
+
+@pytest.mark.parametrize(("name", "arrange", "status", "code", "attempts"), FAILURES,
+                         ids=[f[0] for f in FAILURES])
+def test_provider_failures_give_a_clear_error_cost_nothing_and_keep_the_prompt(
+    alice_client, alice, openai_mock, posthog_capture, name, arrange, status, code, attempts
+):
+    arrange(openai_mock)
+    response = post(alice_client, {"prompt": "Will this work?"})
+    assert response.status_code == status
+    data = response.json()
+    assert data["code"] == code
+    assert "sk-" not in data["error"]
+    # Transient failures are retried once, client errors never.
+    assert len(openai_mock.requests) == attempts
+    generation = Generation.objects.get(user=alice)
+    assert (generation.status, generation.cost) == ("error", 0)
+    assert DailyUsage.objects.get(user=alice).errors == 1
+    prompt = Message.objects.get(conversation_id=data["conversation_id"])
+    assert (prompt.content, prompt.failed) == ("Will this work?", True)
+    # PostHog still hears about the failure, with the user's id.
+    [event] = posthog_capture.generations()
+    assert event["properties"]["$ai_is_error"] is True
+
+
+def test_a_streamed_failure_is_an_error_event_and_costs_nothing(alice_client, alice, openai_mock):
+    openai_mock.answer(500, {"error": {"message": "boom"}}, headers={"retry-after-ms": "1"})
+    response = post(alice_client, {"prompt": "Will this work?", "stream": True})
+    kind, data = sse_events(response)[-1]
+    assert (kind, data["code"]) == ("error", "provider_error")
+    assert Generation.objects.get(user=alice).status == "error"
+
+
+def test_a_retry_reuses_the_failed_prompt(alice_client, openai_mock):
+    openai_mock.answer(500, {"error": {"message": "boom"}}, headers={"retry-after-ms": "1"})
+    failed = post(alice_client, {"prompt": "Again?"}).json()
+    openai_mock.answer(body=OPENAI_COMPLETION)
+    ok = post(alice_client, {"prompt": "Again?", "conversation_id": failed["conversation_id"]})
+    assert ok.status_code == 200
+    messages = Message.objects.filter(conversation_id=failed["conversation_id"])
+    assert [(m.role, m.content, m.failed) for m in messages] == [
+        ("user", "Again?", False), ("assistant", "Paris is the capital of France.", False)
+    ]
+
+
+def test_a_posthog_outage_never_affects_chat(alice_client, alice, openai_mock, settings,
+                                             requests_mock):
+    settings.POSTHOG_API_KEY = "phc_test"
+    settings.POSTHOG_HOST = "https://ph.example.test"
+    requests_mock.add("POST", "https://ph.example.test/batch/", status=503)
+    response = post(alice_client, {"prompt": "still works?"})
+    assert response.status_code == 200
+    assert Generation.objects.get(user=alice).status == "ok"
+    # PostHog refused the batch at least once...
+    deadline = time.monotonic() + 10
+    while not any(c.response is not None and c.response.status_code == 503
+                  for c in requests_mock.calls):
+        assert time.monotonic() < deadline, "the capture client never tried to send"
+        time.sleep(0.05)
+    # ...then comes back: the SDK's retries deliver the queued event.
+    requests_mock.replace("POST", "https://ph.example.test/batch/", json={"status": 1})
+    from chat import llm
+
+    llm.posthog_client().flush()
+    delivered = [c for c in requests_mock.calls if c.response is not None
+                 and c.response.status_code == 200]
+    assert delivered
+
+
+def test_the_usage_limit_answers_429_with_spent_budget_and_reset(alice_client, alice, openai_mock):
+    set_budget(alice, "0.01")
+    Generation.objects.create(
+        user=alice, model="gpt-4o-mini", provider="openai", status="pending",
+        reserved_cost=Decimal("0.0099999"), price_input_per_1m=0, price_cached_input_per_1m=0,
+        price_output_per_1m=0,
+    )
+    response = post(alice_client, {"prompt": "one more"})
+    assert response.status_code == 429
+    data = response.json()
+    assert data["code"] == "usage_limit_reached"
+    assert data["budget"] == "0.01"
+    assert "spent" in data and "resets_at" in data
+    assert openai_mock.requests == []
+    assert Message.objects.get(conversation_id=data["conversation_id"]).content == "one more"
+
+
+def test_a_model_without_a_price_is_refused(alice_client, openai_mock, settings):
+    settings.OPENAI_MODEL = "gpt-unpriced"
+    response = post(alice_client, {"prompt": "hi"})
+    assert response.status_code == 503
+    assert response.json()["code"] == "model_not_priced"
+    assert openai_mock.requests == []
+
+
+def test_too_many_requests_are_rate_limited(alice_client, openai_mock, settings):
+    settings.CHAT_RATE_LIMIT = "2/60"
+    assert post(alice_client, {"prompt": "1"}).status_code == 200
+    assert post(alice_client, {"prompt": "2"}).status_code == 200
+    response = post(alice_client, {"prompt": "3"})
+    assert (response.status_code, response.json()["code"]) == (429, "rate_limited")
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({}, "invalid_prompt"),
+        ({"prompt": "   "}, "empty_prompt"),
+        ({"prompt": 42}, "invalid_prompt"),
+        ({"prompt": "x" * 8001}, "prompt_too_long"),
+        ({"prompt": "hi", "stream": "yes"}, "invalid_stream"),
+        ({"prompt": "hi", "conversation_id": 5}, "invalid_conversation_id"),
+    ],
+)
+def test_bad_input_is_a_400_with_a_code(alice_client, openai_mock, body, code):
+    response = post(alice_client, body)
+    assert response.status_code == 400
+    assert response.json()["code"] == code
+    assert openai_mock.requests == []
+
+
+def test_bad_json_is_a_400(alice_client):
+    response = alice_client.post(API, "{nope", content_type="application/json")
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_json")
+
+
+def test_the_api_needs_a_login_and_post(client, alice_client, db):
+    assert post(client, {"prompt": "hi"}).status_code == 401
+    response = alice_client.get(API)
+    assert (response.status_code, response.json()["code"]) == (405, "method_not_allowed")
+
+
+def test_the_api_enforces_csrf(alice):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    response = post(client, {"prompt": "hi"})
+    assert (response.status_code, response.json()["code"]) == (403, "csrf_failed")
+
+
+def test_an_outsider_cannot_read_or_post_into_someone_elses_conversation(
+    alice_client, outsider, openai_mock
+):
+    conversation_id = post(alice_client, {"prompt": "private"}).json()["conversation_id"]
+    intruder = Client()
+    intruder.force_login(outsider)
+    assert intruder.get(f"/chat/{conversation_id}/").status_code == 404
+    assert intruder.post(f"/chat/{conversation_id}/", {"prompt": "hi"}).status_code == 404
+    response = post(intruder, {"prompt": "hi", "conversation_id": conversation_id})
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")
+    assert "private" not in intruder.get("/chat/").content.decode()
+    assert Message.objects.filter(conversation_id=conversation_id).count() == 2
+
+
+def test_the_form_works_without_javascript(alice_client, openai_mock):
+    openai_mock.answer(body=OPENAI_COMPLETION)
+    response = alice_client.post("/chat/", {"prompt": "Capital of France?"})
+    assert response.status_code == 302
+    page = alice_client.get(response.url).content.decode()
+    assert "Capital of France?" in page and "Paris is the capital of France." in page
+
+
+def test_the_form_keeps_the_prompt_when_the_call_fails(alice_client, openai_mock):
+    openai_mock.answer(401, {"error": {"message": "bad key"}})
+    response = alice_client.post("/chat/", {"prompt": "Please keep me"})
+    assert response.status_code == 502
+    page = response.content.decode()
+    assert "refused this server&#x27;s credentials" in page
+    assert ">Please keep me</textarea>" in page
