@@ -1,0 +1,264 @@
+import csv
+import io
+import json
+from collections import defaultdict
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from unittest import mock
+from zoneinfo import ZoneInfo
+
+import pytest
+import responses
+from django.test import Client
+
+from usage import reports
+from usage.cycles import cycle_for, local_day
+from usage.limits import TokenUsage, reserve, settle
+from usage.models import Generation, UsageAccount
+from usage.pricing import price_for
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def record(user, model, tokens=(100, 0, 50), at=NOW, error=False):
+    """A generation reserved and settled through the real ledger at `at`."""
+    with mock.patch("django.utils.timezone.now", return_value=at):
+        reservation = reserve(user, model, MESSAGES, 500)
+        if error:
+            return settle(reservation, error="provider_error: boom")
+        return settle(reservation, TokenUsage(*tokens))
+
+
+def posthog_body_for(generations, tz):
+    """PostHog's answer to USAGE_QUERY for these generations, computed as PostHog would."""
+    groups = defaultdict(lambda: [0, 0, 0, 0, 0.0])
+    for g in generations:
+        price = price_for(g.model).posthog_properties()
+        key = (local_day(g.settled_at, tz).isoformat(), g.model, g.status == "error")
+        row = groups[key]
+        row[0] += 1
+        row[1] += g.input_tokens
+        row[2] += g.cached_input_tokens
+        row[3] += g.output_tokens
+        if g.status == "ok":
+            row[4] += (
+                (g.input_tokens - g.cached_input_tokens) * price["$ai_input_token_price"]
+                + g.cached_input_tokens * price["$ai_cache_read_token_price"]
+                + g.output_tokens * price["$ai_output_token_price"]
+            )
+    columns = ["day", "model", "is_error", "generations", "input_tokens", "cached_input_tokens",
+               "output_tokens", "cost_usd"]
+    results = [[d, m, e, *values] for (d, m, e), values in sorted(groups.items())]
+    return {"columns": columns, "results": results, "is_cached": False, "types": [],
+            "hogql": "", "timezone": "UTC"}
+
+
+@pytest.fixture
+def anchored(alice):
+    UsageAccount.objects.filter(user=alice).update(billing_anchor=date(2026, 8, 31))
+    alice.refresh_from_db()
+    return alice
+
+
+@pytest.fixture
+def history(anchored, bob):
+    """Alice's cycle (31 Oct to 30 Nov, anchored on the 31st) and some noise from Bob."""
+    gens = [
+        record(anchored, "gpt-4o-mini", (1200, 1024, 300), datetime(2026, 10, 31, 0, 5, tzinfo=UTC)),
+        record(anchored, "gpt-4o-mini", (300, 0, 80), datetime(2026, 11, 1, 9, tzinfo=UTC)),
+        record(anchored, "gpt-4o", (2000, 0, 500), datetime(2026, 11, 1, 23, 59, tzinfo=UTC)),
+        record(anchored, "gpt-4o", at=datetime(2026, 11, 20, tzinfo=UTC), error=True),
+        record(anchored, "gpt-4.1-nano", (50, 0, 10), datetime(2026, 11, 26, 11, tzinfo=UTC)),
+        # Earlier cycle: not in this report.
+        record(anchored, "gpt-4o", (999, 0, 999), datetime(2026, 10, 30, 23, 59, tzinfo=UTC)),
+    ]
+    record(bob, "gpt-4o", (5000, 0, 5000), datetime(2026, 11, 26, 11, tzinfo=UTC))
+    return [g for g in gens if g.settled_at >= datetime(2026, 10, 31, tzinfo=UTC)]
+
+
+@pytest.fixture(autouse=True)
+def frozen_now():
+    with mock.patch("django.utils.timezone.now", return_value=NOW):
+        yield
+
+
+def test_the_ledger_report_covers_the_cycle_across_a_month_end(anchored, history):
+    report = reports.report_for(anchored)
+    assert (report.cycle.start_date, report.cycle.end_date) == (date(2026, 10, 31), date(2026, 11, 30))
+    assert report.source == "ledger"
+    assert report.totals.messages == 4
+    assert report.totals.errors == 1
+    assert report.totals.input_tokens == 1200 + 300 + 2000 + 50
+    assert report.totals.cached_input_tokens == 1024
+    assert report.totals.output_tokens == 300 + 80 + 500 + 10
+    expected = sum((g.cost for g in history), Decimal(0))
+    assert report.totals.cost == expected.quantize(Decimal("0.000001"))
+    assert len(report.daily) == 30
+    assert report.daily[0][0] == date(2026, 10, 31) and report.daily[0][1].messages == 1
+    assert [m for m, _ in report.models] == ["gpt-4o", "gpt-4o-mini", "gpt-4.1-nano"]
+
+
+def test_posthog_and_the_ledger_give_the_same_report(anchored, history, posthog_query,
+                                                     requests_mock, hogql_check, settings):
+    settings.USAGE_TIME_ZONE = ZoneInfo("UTC")
+    requests_mock.add(responses.POST, posthog_query,
+                      json=posthog_body_for(history, settings.USAGE_TIME_ZONE))
+    from_posthog = reports.report_for(anchored)
+    settings.USAGE_SOURCE = "ledger"
+    from_ledger = reports.report_for(anchored)
+    assert from_posthog.source == "posthog" and from_ledger.source == "ledger"
+    assert from_posthog.totals == from_ledger.totals
+    assert from_posthog.daily == from_ledger.daily
+    assert from_posthog.models == from_ledger.models
+    sent = json.loads(requests_mock.calls[0].request.body)
+    assert sent["query"]["values"] == {
+        "distinct_id": str(anchored.pk), "start": "2026-10-31 00:00:00",
+        "end": "2026-11-30 00:00:00", "time_zone": "UTC",
+    }
+    hogql_check(sent["query"]["query"], sent["query"]["values"])
+
+
+def test_daily_buckets_follow_the_usage_time_zone(anchored, settings, posthog_query,
+                                                  requests_mock, hogql_check):
+    settings.USAGE_TIME_ZONE = ZoneInfo("America/New_York")
+    requests_mock.add(responses.POST, posthog_query, json=posthog_body_for([], None))
+    report = reports.report_for(anchored)
+    sent = json.loads(requests_mock.calls[0].request.body)["query"]["values"]
+    # Local midnight on 31 Oct (EDT, UTC-4) to local midnight on 30 Nov (EST, UTC-5).
+    assert (sent["start"], sent["end"]) == ("2026-10-31 04:00:00", "2026-11-30 05:00:00")
+    assert sent["time_zone"] == "America/New_York"
+    assert report.cycle.start_date == date(2026, 10, 31)
+
+
+def test_the_cache_prevents_a_second_posthog_call(anchored, posthog_query, requests_mock):
+    requests_mock.add(responses.POST, posthog_query, json=posthog_body_for([], None))
+    first = reports.report_for(anchored)
+    second = reports.report_for(anchored)
+    assert len(requests_mock.calls) == 1
+    assert first.as_of == second.as_of
+
+
+def test_refresh_forces_fresh_numbers_at_most_once_a_minute(anchored, posthog_query,
+                                                            requests_mock):
+    requests_mock.add(responses.POST, posthog_query, json=posthog_body_for([], None))
+    client = Client()
+    client.force_login(anchored)
+    client.get("/usage/")
+    client.post("/usage/refresh/")
+    client.post("/usage/refresh/")
+    bodies = [json.loads(c.request.body) for c in requests_mock.calls]
+    assert [b["refresh"] for b in bodies] == ["blocking", "force_blocking"]
+
+
+@pytest.mark.parametrize("status", [500, 504, 429, 401, 400])
+def test_it_falls_back_to_the_ledger_when_posthog_fails(anchored, history, posthog_query,
+                                                        requests_mock, status):
+    requests_mock.add(responses.POST, posthog_query, status=status,
+                      json={"type": "x", "code": "x", "detail": "nope", "attr": None})
+    client = Client()
+    client.force_login(anchored)
+    response = client.get("/usage/")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "these numbers come from the ledger" in page
+    assert 'id="stat-messages">4<' in page
+    data = client.get("/api/usage/").json()
+    assert data["source"] == "ledger"
+    assert data["usage"]["messages"] == 4
+
+
+def test_it_falls_back_to_the_ledger_when_posthog_times_out(anchored, history, posthog_query,
+                                                            requests_mock):
+    import requests
+
+    requests_mock.add(responses.POST, posthog_query, body=requests.ReadTimeout("slow"))
+    report = reports.report_for(anchored)
+    assert report.source == "ledger"
+    assert "did not answer in time" in report.note
+    # While PostHog is down the dashboard does not keep knocking.
+    reports.report_for(anchored)
+    assert len(requests_mock.calls) == 1
+
+
+def test_the_dashboard_shows_the_cycle_budget_and_models(anchored, history):
+    client = Client()
+    client.force_login(anchored)
+    page = client.get("/usage/").content.decode()
+    assert "31 Oct 2026 – 30 Nov 2026" in page
+    assert 'id="stat-messages">4<' in page
+    assert "gpt-4.1-nano" in page
+    assert "Source: the ledger" in page
+    assert "<svg" in page and page.count('class="bar"') == 30
+    assert "resets" in page
+
+
+def test_an_earlier_cycle_can_be_picked(anchored, history):
+    client = Client()
+    client.force_login(anchored)
+    data = client.get("/api/usage/?cycle=2026-10-15").json()
+    assert data["cycle"]["start"].startswith("2026-09-30")
+    assert data["cycle"]["current"] is False
+    assert data["usage"]["messages"] == 1  # the 30 October call
+    assert client.get("/usage/?cycle=2026-10-15").status_code == 200
+
+
+def test_a_bad_or_future_cycle_is_refused(anchored):
+    client = Client()
+    client.force_login(anchored)
+    assert client.get("/api/usage/?cycle=garbage").json()["code"] == "invalid_cycle"
+    assert client.get("/api/usage/?cycle=2027-05-01").status_code == 400
+    response = client.get("/usage/?cycle=2027-05-01", follow=True)
+    assert "has not started yet" in response.content.decode()
+
+
+def test_users_see_only_their_own_numbers(anchored, history, bob):
+    client = Client()
+    client.force_login(bob)
+    data = client.get(f"/api/usage/?userId={anchored.pk}&user_id={anchored.pk}").json()
+    assert data["usage"]["messages"] == 1
+    assert data["usage"]["input_tokens"] == 5000
+    csv_text = b"".join(client.get(f"/usage/export.csv?userId={anchored.pk}").streaming_content)
+    rows = list(csv.DictReader(io.StringIO(csv_text.decode())))
+    assert len(rows) == 1
+    assert not Generation.objects.filter(user=anchored, id__in=[r["generation_id"] for r in rows])
+
+
+def test_the_api_returns_the_seeds_keys_and_the_rest(anchored, history):
+    client = Client()
+    client.force_login(anchored)
+    data = client.get("/api/usage/").json()
+    assert data["usage"]["messages"] == 4
+    assert data["estimatedCost"] == float(data["usage"]["cost"])
+    assert data["budget"]["budget_usd"] == "5.00"
+    assert len(data["daily"]) == 30
+    assert {m["model"] for m in data["models"]} == {"gpt-4o", "gpt-4o-mini", "gpt-4.1-nano"}
+    assert data["source"] == "ledger"
+
+
+def test_the_api_needs_a_login(client, db):
+    response = client.get("/api/usage/")
+    assert (response.status_code, response.json()["code"]) == (401, "not_authenticated")
+
+
+def test_the_csv_export_lists_the_cycles_generations(anchored, history):
+    client = Client()
+    client.force_login(anchored)
+    response = client.get("/usage/export.csv")
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert "attachment" in response["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert {r["generation_id"] for r in rows} == {str(g.pk) for g in history}
+    assert sum(Decimal(r["cost_usd"]) for r in rows) == sum(g.cost for g in history)
+    assert {r["status"] for r in rows} == {"ok", "error"}
+
+
+def test_the_budget_shows_what_is_left_and_what_is_held(anchored, history):
+    reserve(anchored, "gpt-4o", MESSAGES, 500)  # in flight
+    report = reports.report_for(anchored)
+    assert report.spend.pending_cost > 0
+    assert report.budget_left == (
+        report.spend.budget - report.spend.settled_cost - report.spend.pending_cost
+    )
+    assert cycle_for(anchored.usage_account) == report.cycle
+
