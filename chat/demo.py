@@ -104,7 +104,12 @@ def handle(request: httpx2.Request) -> httpx2.Response:
             200,
             headers={"content-type": "text/event-stream"},
             content=_stream(
-                completion_id, model, created, answer, usage, include_usage,
+                completion_id,
+                model,
+                created,
+                answer,
+                usage,
+                include_usage,
                 settings.DEMO_STREAM_DELAY,
             ),
         )

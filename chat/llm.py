@@ -8,7 +8,6 @@ as an exception class and status.
 https://platform.openai.com/docs/api-reference/chat/create
 """
 
-import atexit
 import logging
 import threading
 import time
@@ -19,13 +18,11 @@ from uuid import UUID
 
 import httpx2
 import openai
-import posthog
 from django.conf import settings
-from django.core.signals import setting_changed
-from django.dispatch import receiver
 from posthog.ai.openai import OpenAI
 
 from chat import demo
+from chatusage import analytics
 from usage.limits import TokenUsage
 from usage.pricing import Price
 
@@ -71,31 +68,8 @@ def current_provider() -> Provider:
 
 
 _lock = threading.RLock()
-_posthog: posthog.Posthog | None = None
 _client: OpenAI | None = None
 _http_client: httpx2.Client | None = None  # set by tests and benchmarks to mock OpenAI
-
-
-def _on_capture_error(error: Exception, batch) -> None:
-    # The batch holds event properties; the error may hold the URL. Neither holds the key.
-    log.warning("PostHog capture failed, %d events dropped: %s", len(batch or []), type(error).__name__)
-
-
-def posthog_client() -> posthog.Posthog:
-    """The process's one capture client. Disabled (sends nothing) without POSTHOG_API_KEY."""
-    global _posthog
-    with _lock:
-        if _posthog is None:
-            _posthog = posthog.Posthog(
-                settings.POSTHOG_API_KEY or "disabled",
-                host=settings.POSTHOG_HOST,
-                disabled=not settings.POSTHOG_API_KEY,
-                privacy_mode=settings.POSTHOG_PRIVACY_MODE,
-                on_error=_on_capture_error,
-                timeout=5,
-                max_retries=3,
-            )
-        return _posthog
 
 
 def client() -> OpenAI:
@@ -104,7 +78,7 @@ def client() -> OpenAI:
         if _client is None:
             provider = current_provider()
             options = {
-                "posthog_client": posthog_client(),
+                "posthog_client": analytics.client(),
                 "timeout": settings.OPENAI_TIMEOUT,
                 "max_retries": MAX_RETRIES,
             }
@@ -129,31 +103,14 @@ def use_http_client(http_client: httpx2.Client | None) -> None:
         _client = None
 
 
-def reset_clients(flush: bool = True) -> None:
-    global _client, _posthog
+def _drop_client() -> None:
+    global _client
     with _lock:
-        if _posthog is not None and flush:
-            _posthog.shutdown()
         _client = None
-        _posthog = None
 
 
-def shutdown() -> None:
-    """Flush queued events (atexit and gunicorn's worker_exit): the SDK alone waits ~1 s."""
-    with _lock:
-        ph = _posthog
-    if ph is not None:
-        ph.flush()
-        ph.shutdown()
-
-
-atexit.register(shutdown)
-
-
-@receiver(setting_changed)
-def _settings_changed(setting, **kwargs):
-    if setting.startswith(("OPENAI_", "POSTHOG_")):
-        reset_clients(flush=False)
+# A new capture client (settings changed) means a new wrapped OpenAI client too.
+analytics.on_reset(_drop_client)
 
 
 def _call_options(

@@ -127,7 +127,10 @@ def start_turn(user, prompt_text, conversation_id=None) -> Turn:
         )
     except limits.UsageLimitReached as exc:
         raise ChatError(
-            "usage_limit_reached", str(exc), 429, conversation_id=str(conversation.pk),
+            "usage_limit_reached",
+            str(exc),
+            429,
+            conversation_id=str(conversation.pk),
             **exc.as_dict(),
         ) from exc
     except UnknownModelError as exc:
@@ -192,8 +195,10 @@ def _finish(turn: Turn, completion: llm.Completion, interrupted: bool = False) -
 
 def _fail(turn: Turn, error: llm.ProviderError, latency_ms: int | None = None) -> ChatError:
     limits.settle(
-        turn.reservation, error=f"{error.code}: {error.message}",
-        latency_ms=latency_ms, http_status=error.http_status,
+        turn.reservation,
+        error=f"{error.code}: {error.message}",
+        latency_ms=latency_ms,
+        http_status=error.http_status,
     )
     return ChatError(
         error.code, error.message, error.status, conversation_id=str(turn.conversation.pk)
@@ -222,22 +227,28 @@ def stream_events(turn: Turn) -> Iterator[tuple[str, dict]]:
     settled = False
     stream = None
     try:
-        yield "start", {
-            "conversation_id": str(turn.conversation.pk),
-            "generation_id": str(turn.reservation.generation_id),
-            "model": turn.provider.model,
-            "demo": turn.provider.demo,
-        }
+        yield (
+            "start",
+            {
+                "conversation_id": str(turn.conversation.pk),
+                "generation_id": str(turn.reservation.generation_id),
+                "model": turn.provider.model,
+                "demo": turn.provider.demo,
+            },
+        )
         stream = llm.stream(turn.messages, **_call_context(turn))
         for delta in stream:
             yield "delta", {"text": delta}
         done = _finish(turn, stream.result)
         settled = True
-        yield "done", {
-            "conversation_id": str(done.conversation.pk),
-            "response": done.message.content,
-            "usage": done.usage,
-        }
+        yield (
+            "done",
+            {
+                "conversation_id": str(done.conversation.pk),
+                "response": done.message.content,
+                "usage": done.usage,
+            },
+        )
     except llm.ProviderError as exc:
         error = _fail(turn, exc, stream.latency_ms if stream else None)
         settled = True

@@ -43,9 +43,7 @@ def _post_without_js(request, conversation):
     prompt = request.POST.get("prompt", "")
     try:
         _check_rate(request.user)
-        turn = services.start_turn(
-            request.user, prompt, conversation.pk if conversation else None
-        )
+        turn = services.start_turn(request.user, prompt, conversation.pk if conversation else None)
         answer = services.answer(turn)
     except services.ChatError as exc:
         conversation_id = exc.extra.get("conversation_id")
@@ -81,7 +79,7 @@ def _sse(events):
 
 @api_view(("POST",))
 def api_chat(request: HttpRequest) -> HttpResponse:
-    """POST {"prompt", "conversation_id"?, "stream"?} -> {"response", "conversation_id", "usage"}."""
+    """POST {"prompt", "conversation_id"?, "stream"?} -> {"response", "conversation_id", ...}."""
     try:
         body = json_body(request)
     except RequestDataTooBig:

@@ -4,6 +4,7 @@ OpenAI is mocked with an httpx2 MockTransport handed to the real (PostHog-wrappe
 client; PostHog with `responses`, which fails any request nobody expected.
 """
 
+import gzip
 import json
 import sys
 import types
@@ -17,6 +18,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from chat import demo, llm
+from chatusage import analytics
 
 PASSWORD = "a-Long-unusual-pass-2026"
 POSTHOG_HOST = "https://ph.example.test"
@@ -33,16 +35,17 @@ def _isolation(settings):
     settings.OPENAI_BASE_URL = ""
     settings.DEMO_STREAM_DELAY = 0
     settings.CHAT_RATE_LIMIT = "1000/60"
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast
     # Production uses whitenoise's manifest storage, which needs collectstatic first.
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
     cache.clear()
-    llm.reset_clients(flush=False)
+    analytics.reset(flush=False)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         yield mock
-        llm.reset_clients(flush=True)  # drain queued events while `responses` still answers
+        analytics.reset(flush=True)  # drain queued events while `responses` still answers
     llm.use_http_client(None)
     cache.clear()
 
@@ -136,25 +139,25 @@ def openai_mock(settings) -> OpenAIMock:
     return mock
 
 
+def batched_events(mock: responses.RequestsMock) -> list[dict]:
+    """Every event the capture client posted to PostHog's /batch/ (gzipped or not)."""
+    events = []
+    for call in mock.calls:
+        if call.request.url.startswith(f"{POSTHOG_HOST}/batch"):
+            body = call.request.body
+            if isinstance(body, bytes) and body[:2] == b"\x1f\x8b":
+                body = gzip.decompress(body)
+            events.extend(json.loads(body)["batch"])
+    return events
+
+
 class CapturedEvents:
     def __init__(self, mock: responses.RequestsMock):
         self._mock = mock
 
     def all(self) -> list[dict]:
-        llm.posthog_client().flush()
-        events = []
-        for call in self._mock.calls:
-            if call.request.url.startswith(f"{POSTHOG_HOST}/batch"):
-                body = call.request.body
-                if isinstance(body, bytes):
-                    import gzip
-
-                    try:
-                        body = gzip.decompress(body)
-                    except OSError:
-                        pass
-                events.extend(json.loads(body)["batch"])
-        return events
+        analytics.client().flush()
+        return batched_events(self._mock)
 
     def generations(self) -> list[dict]:
         return [e for e in self.all() if e["event"] == "$ai_generation"]
@@ -165,7 +168,7 @@ def posthog_capture(settings, requests_mock) -> CapturedEvents:
     """PostHog capture on, its /batch/ endpoint answered by `responses`."""
     settings.POSTHOG_API_KEY = "phc_test_project_token"
     settings.POSTHOG_HOST = POSTHOG_HOST
-    llm.reset_clients(flush=False)
+    analytics.reset(flush=False)
     requests_mock.add(responses.POST, f"{POSTHOG_HOST}/batch/", json={"status": 1})
     return CapturedEvents(requests_mock)
 
@@ -184,7 +187,12 @@ def posthog_query(settings, requests_mock):
 
 def _load_hogql_parser():
     # The parser's extension imports posthog.hogql.* at load time; the SDK has none.
-    for name in ("posthog.hogql", "posthog.hogql.ast", "posthog.hogql.base", "posthog.hogql.errors"):
+    for name in (
+        "posthog.hogql",
+        "posthog.hogql.ast",
+        "posthog.hogql.base",
+        "posthog.hogql.errors",
+    ):
         sys.modules.setdefault(name, types.ModuleType(name))
     import hogql_parser
 

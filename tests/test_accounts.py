@@ -44,8 +44,12 @@ def test_sign_up_shows_password_validation_errors(client, db, django_user_model)
 def test_sign_up_refuses_an_email_already_in_use(client, alice):
     response = client.post(
         reverse("signup"),
-        {"username": "alice2", "email": "ALICE@example.com", "password1": PASSWORD,
-         "password2": PASSWORD},
+        {
+            "username": "alice2",
+            "email": "ALICE@example.com",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        },
     )
     assert "already exists" in response.content.decode()
 
@@ -117,7 +121,11 @@ PRODUCTION_ENV = {
 
 def _manage(*args, env):
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
 

@@ -54,16 +54,23 @@ def test_a_message_is_answered_priced_and_recorded(alice_client, alice, openai_m
     assert data["response"] == "Paris is the capital of France."
     generation = Generation.objects.get(pk=data["generation_id"])
     assert generation.user == alice
-    assert (generation.status, generation.model, generation.provider) == ("ok", "gpt-4o-mini", "openai")
+    assert (generation.status, generation.model, generation.provider) == (
+        "ok",
+        "gpt-4o-mini",
+        "openai",
+    )
     assert (generation.input_tokens, generation.cached_input_tokens, generation.output_tokens) == (
-        2000, 1024, 9
+        2000,
+        1024,
+        9,
     )
     # (2000 - 1024) x 0.15 + 1024 x 0.075 + 9 x 0.60, per 1M tokens
     assert generation.cost == Decimal("0.0002286")
     assert data["usage"]["cost_usd"] == "0.0002286000"
     conversation = Conversation.objects.get(pk=data["conversation_id"], user=alice)
     assert [(m.role, m.failed) for m in conversation.messages.all()] == [
-        ("user", False), ("assistant", False)
+        ("user", False),
+        ("assistant", False),
     ]
     assert conversation.messages.last().generation_id == generation.pk
     sent = openai_mock.requests[0]
@@ -208,23 +215,52 @@ def test_an_openai_compatible_server_is_recorded_as_its_provider(
 
 
 FAILURES = [
-    ("401", lambda m: m.answer(401, {"error": {"message": "Incorrect API key provided: sk-te**"}}),
-     502, "provider_auth", 1),
-    ("429", lambda m: m.answer(429, {"error": {"message": "Rate limit"}}, headers={"retry-after-ms": "1"}),
-     502, "provider_rate_limited", 2),
-    ("500", lambda m: m.answer(500, {"error": {"message": "boom"}}, headers={"retry-after-ms": "1"}),
-     502, "provider_error", 2),
+    (
+        "401",
+        lambda m: m.answer(401, {"error": {"message": "Incorrect API key provided: sk-te**"}}),
+        502,
+        "provider_auth",
+        1,
+    ),
+    (
+        "429",
+        lambda m: m.answer(
+            429, {"error": {"message": "Rate limit"}}, headers={"retry-after-ms": "1"}
+        ),
+        502,
+        "provider_rate_limited",
+        2,
+    ),
+    (
+        "500",
+        lambda m: m.answer(500, {"error": {"message": "boom"}}, headers={"retry-after-ms": "1"}),
+        502,
+        "provider_error",
+        2,
+    ),
     ("timeout", lambda m: m.raise_(httpx2.ReadTimeout("slow")), 504, "provider_timeout", 2),
-    ("connection", lambda m: m.raise_(httpx2.ConnectError("refused")), 502,
-     "provider_unreachable", 2),
-    ("malformed", lambda m: m.answer(200, content=b"<html>not json",
-                                     headers={"content-type": "application/json"}),
-     502, "provider_bad_response", 1),
+    (
+        "connection",
+        lambda m: m.raise_(httpx2.ConnectError("refused")),
+        502,
+        "provider_unreachable",
+        2,
+    ),
+    (
+        "malformed",
+        lambda m: m.answer(
+            200, content=b"<html>not json", headers={"content-type": "application/json"}
+        ),
+        502,
+        "provider_bad_response",
+        1,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "arrange", "status", "code", "attempts"), FAILURES,
-                         ids=[f[0] for f in FAILURES])
+@pytest.mark.parametrize(
+    ("name", "arrange", "status", "code", "attempts"), FAILURES, ids=[f[0] for f in FAILURES]
+)
 def test_provider_failures_give_a_clear_error_cost_nothing_and_keep_the_prompt(
     alice_client, alice, openai_mock, posthog_capture, name, arrange, status, code, attempts
 ):
@@ -262,12 +298,14 @@ def test_a_retry_reuses_the_failed_prompt(alice_client, openai_mock):
     assert ok.status_code == 200
     messages = Message.objects.filter(conversation_id=failed["conversation_id"])
     assert [(m.role, m.content, m.failed) for m in messages] == [
-        ("user", "Again?", False), ("assistant", "Paris is the capital of France.", False)
+        ("user", "Again?", False),
+        ("assistant", "Paris is the capital of France.", False),
     ]
 
 
-def test_a_posthog_outage_never_affects_chat(alice_client, alice, openai_mock, settings,
-                                             requests_mock):
+def test_a_posthog_outage_never_affects_chat(
+    alice_client, alice, openai_mock, settings, requests_mock
+):
     settings.POSTHOG_API_KEY = "phc_test"
     settings.POSTHOG_HOST = "https://ph.example.test"
     requests_mock.add("POST", "https://ph.example.test/batch/", status=503)
@@ -276,25 +314,32 @@ def test_a_posthog_outage_never_affects_chat(alice_client, alice, openai_mock, s
     assert Generation.objects.get(user=alice).status == "ok"
     # PostHog refused the batch at least once...
     deadline = time.monotonic() + 10
-    while not any(c.response is not None and c.response.status_code == 503
-                  for c in requests_mock.calls):
+    while not any(
+        c.response is not None and c.response.status_code == 503 for c in requests_mock.calls
+    ):
         assert time.monotonic() < deadline, "the capture client never tried to send"
         time.sleep(0.05)
     # ...then comes back: the SDK's retries deliver the queued event.
     requests_mock.replace("POST", "https://ph.example.test/batch/", json={"status": 1})
-    from chat import llm
+    from chatusage import analytics
 
-    llm.posthog_client().flush()
-    delivered = [c for c in requests_mock.calls if c.response is not None
-                 and c.response.status_code == 200]
+    analytics.client().flush()
+    delivered = [
+        c for c in requests_mock.calls if c.response is not None and c.response.status_code == 200
+    ]
     assert delivered
 
 
 def test_the_usage_limit_answers_429_with_spent_budget_and_reset(alice_client, alice, openai_mock):
     set_budget(alice, "0.01")
     Generation.objects.create(
-        user=alice, model="gpt-4o-mini", provider="openai", status="pending",
-        reserved_cost=Decimal("0.0099999"), price_input_per_1m=0, price_cached_input_per_1m=0,
+        user=alice,
+        model="gpt-4o-mini",
+        provider="openai",
+        status="pending",
+        reserved_cost=Decimal("0.0099999"),
+        price_input_per_1m=0,
+        price_cached_input_per_1m=0,
         price_output_per_1m=0,
     )
     response = post(alice_client, {"prompt": "one more"})

@@ -70,5 +70,7 @@ def test_earlier_cycles_go_back_no_further_than_the_anchor(settings):
     account = SimpleNamespace(billing_anchor=date(2026, 9, 10))
     cycles = earlier_cycles(account, 12, at=datetime(2026, 11, 26, tzinfo=UTC))
     assert [c.start_date for c in cycles] == [
-        date(2026, 11, 10), date(2026, 10, 10), date(2026, 9, 10)
+        date(2026, 11, 10),
+        date(2026, 10, 10),
+        date(2026, 9, 10),
     ]

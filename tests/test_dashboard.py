@@ -47,11 +47,25 @@ def posthog_body_for(generations, tz):
                 + g.cached_input_tokens * price["$ai_cache_read_token_price"]
                 + g.output_tokens * price["$ai_output_token_price"]
             )
-    columns = ["day", "model", "is_error", "generations", "input_tokens", "cached_input_tokens",
-               "output_tokens", "cost_usd"]
+    columns = [
+        "day",
+        "model",
+        "is_error",
+        "generations",
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "cost_usd",
+    ]
     results = [[d, m, e, *values] for (d, m, e), values in sorted(groups.items())]
-    return {"columns": columns, "results": results, "is_cached": False, "types": [],
-            "hogql": "", "timezone": "UTC"}
+    return {
+        "columns": columns,
+        "results": results,
+        "is_cached": False,
+        "types": [],
+        "hogql": "",
+        "timezone": "UTC",
+    }
 
 
 @pytest.fixture
@@ -65,7 +79,9 @@ def anchored(alice):
 def history(anchored, bob):
     """Alice's cycle (31 Oct to 30 Nov, anchored on the 31st) and some noise from Bob."""
     gens = [
-        record(anchored, "gpt-4o-mini", (1200, 1024, 300), datetime(2026, 10, 31, 0, 5, tzinfo=UTC)),
+        record(
+            anchored, "gpt-4o-mini", (1200, 1024, 300), datetime(2026, 10, 31, 0, 5, tzinfo=UTC)
+        ),
         record(anchored, "gpt-4o-mini", (300, 0, 80), datetime(2026, 11, 1, 9, tzinfo=UTC)),
         record(anchored, "gpt-4o", (2000, 0, 500), datetime(2026, 11, 1, 23, 59, tzinfo=UTC)),
         record(anchored, "gpt-4o", at=datetime(2026, 11, 20, tzinfo=UTC), error=True),
@@ -85,7 +101,10 @@ def frozen_now():
 
 def test_the_ledger_report_covers_the_cycle_across_a_month_end(anchored, history):
     report = reports.report_for(anchored)
-    assert (report.cycle.start_date, report.cycle.end_date) == (date(2026, 10, 31), date(2026, 11, 30))
+    assert (report.cycle.start_date, report.cycle.end_date) == (
+        date(2026, 10, 31),
+        date(2026, 11, 30),
+    )
     assert report.source == "ledger"
     assert report.totals.messages == 4
     assert report.totals.errors == 1
@@ -99,11 +118,13 @@ def test_the_ledger_report_covers_the_cycle_across_a_month_end(anchored, history
     assert [m for m, _ in report.models] == ["gpt-4o", "gpt-4o-mini", "gpt-4.1-nano"]
 
 
-def test_posthog_and_the_ledger_give_the_same_report(anchored, history, posthog_query,
-                                                     requests_mock, hogql_check, settings):
+def test_posthog_and_the_ledger_give_the_same_report(
+    anchored, history, posthog_query, requests_mock, hogql_check, settings
+):
     settings.USAGE_TIME_ZONE = ZoneInfo("UTC")
-    requests_mock.add(responses.POST, posthog_query,
-                      json=posthog_body_for(history, settings.USAGE_TIME_ZONE))
+    requests_mock.add(
+        responses.POST, posthog_query, json=posthog_body_for(history, settings.USAGE_TIME_ZONE)
+    )
     from_posthog = reports.report_for(anchored)
     settings.USAGE_SOURCE = "ledger"
     from_ledger = reports.report_for(anchored)
@@ -113,14 +134,17 @@ def test_posthog_and_the_ledger_give_the_same_report(anchored, history, posthog_
     assert from_posthog.models == from_ledger.models
     sent = json.loads(requests_mock.calls[0].request.body)
     assert sent["query"]["values"] == {
-        "distinct_id": str(anchored.pk), "start": "2026-10-31 00:00:00",
-        "end": "2026-11-30 00:00:00", "time_zone": "UTC",
+        "distinct_id": str(anchored.pk),
+        "start": "2026-10-31 00:00:00",
+        "end": "2026-11-30 00:00:00",
+        "time_zone": "UTC",
     }
     hogql_check(sent["query"]["query"], sent["query"]["values"])
 
 
-def test_daily_buckets_follow_the_usage_time_zone(anchored, settings, posthog_query,
-                                                  requests_mock, hogql_check):
+def test_daily_buckets_follow_the_usage_time_zone(
+    anchored, settings, posthog_query, requests_mock, hogql_check
+):
     settings.USAGE_TIME_ZONE = ZoneInfo("America/New_York")
     requests_mock.add(responses.POST, posthog_query, json=posthog_body_for([], None))
     report = reports.report_for(anchored)
@@ -139,8 +163,7 @@ def test_the_cache_prevents_a_second_posthog_call(anchored, posthog_query, reque
     assert first.as_of == second.as_of
 
 
-def test_refresh_forces_fresh_numbers_at_most_once_a_minute(anchored, posthog_query,
-                                                            requests_mock):
+def test_refresh_forces_fresh_numbers_at_most_once_a_minute(anchored, posthog_query, requests_mock):
     requests_mock.add(responses.POST, posthog_query, json=posthog_body_for([], None))
     client = Client()
     client.force_login(anchored)
@@ -152,10 +175,15 @@ def test_refresh_forces_fresh_numbers_at_most_once_a_minute(anchored, posthog_qu
 
 
 @pytest.mark.parametrize("status", [500, 504, 429, 401, 400])
-def test_it_falls_back_to_the_ledger_when_posthog_fails(anchored, history, posthog_query,
-                                                        requests_mock, status):
-    requests_mock.add(responses.POST, posthog_query, status=status,
-                      json={"type": "x", "code": "x", "detail": "nope", "attr": None})
+def test_it_falls_back_to_the_ledger_when_posthog_fails(
+    anchored, history, posthog_query, requests_mock, status
+):
+    requests_mock.add(
+        responses.POST,
+        posthog_query,
+        status=status,
+        json={"type": "x", "code": "x", "detail": "nope", "attr": None},
+    )
     client = Client()
     client.force_login(anchored)
     response = client.get("/usage/")
@@ -168,8 +196,9 @@ def test_it_falls_back_to_the_ledger_when_posthog_fails(anchored, history, posth
     assert data["usage"]["messages"] == 4
 
 
-def test_it_falls_back_to_the_ledger_when_posthog_times_out(anchored, history, posthog_query,
-                                                            requests_mock):
+def test_it_falls_back_to_the_ledger_when_posthog_times_out(
+    anchored, history, posthog_query, requests_mock
+):
     import requests
 
     requests_mock.add(responses.POST, posthog_query, body=requests.ReadTimeout("slow"))
@@ -261,4 +290,3 @@ def test_the_budget_shows_what_is_left_and_what_is_held(anchored, history):
         report.spend.budget - report.spend.settled_cost - report.spend.pending_cost
     )
     assert cycle_for(anchored.usage_account) == report.cycle
-

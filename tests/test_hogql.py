@@ -1,15 +1,15 @@
 import json
 import logging
+from datetime import date
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
 import responses
 
 from usage import hogql
-from usage.reports import USAGE_QUERY, posthog_rows, query_values
 from usage.cycles import cycle_containing
-from datetime import date
-from zoneinfo import ZoneInfo
+from usage.reports import USAGE_QUERY, posthog_rows, query_values
 
 OK_BODY = {
     "cache_key": "abc",
@@ -33,7 +33,11 @@ def test_it_posts_the_query_with_the_personal_key_and_zips_rows(posthog_query, r
     request = requests_mock.calls[0].request
     assert request.headers["Authorization"] == "Bearer phx_personal_secret_key"
     assert json.loads(request.body) == {
-        "query": {"kind": "HogQLQuery", "query": "SELECT 1 LIMIT 1", "values": {"distinct_id": "7"}},
+        "query": {
+            "kind": "HogQLQuery",
+            "query": "SELECT 1 LIMIT 1",
+            "values": {"distinct_id": "7"},
+        },
         "name": "test",
         "refresh": "blocking",
     }
@@ -55,27 +59,97 @@ def test_it_reuses_one_session_across_calls(posthog_query, requests_mock):
 @pytest.mark.parametrize(
     ("status", "body", "headers", "error", "retry_after"),
     [
-        (400, {"type": "validation_error", "code": "invalid_input",
-               "detail": "Unknown table `eventz`.", "attr": None}, {},
-         hogql.PostHogQueryError, None),
-        (401, {"type": "authentication_error", "code": "authentication_failed",
-               "detail": "Incorrect authentication credentials.", "attr": None}, {},
-         hogql.PostHogAuthError, None),
-        (403, {"type": "authentication_error", "code": "permission_denied",
-               "detail": "API key missing required scope 'query:read'", "attr": None}, {},
-         hogql.PostHogAuthError, None),
-        (429, {"type": "throttled_error", "code": "throttled",
-               "detail": "Request was throttled. Expected available in 30 seconds.", "attr": None},
-         {"Retry-After": "30"}, hogql.PostHogUnavailable, 30),
-        (429, {"type": "throttled_error", "code": "throttled",
-               "detail": "Too many concurrent queries.", "attr": None}, {},
-         hogql.PostHogUnavailable, None),
-        (500, {"type": "server_error", "code": "error", "detail": "A server error occurred.",
-               "attr": None}, {}, hogql.PostHogUnavailable, None),
-        (503, {"type": "server_error", "code": "busy", "detail": "Busy", "attr": None}, {},
-         hogql.PostHogUnavailable, None),
-        (504, {"type": "server_error", "code": "query_timeout", "detail": "Query timed out",
-               "attr": None}, {}, hogql.PostHogUnavailable, None),
+        (
+            400,
+            {
+                "type": "validation_error",
+                "code": "invalid_input",
+                "detail": "Unknown table `eventz`.",
+                "attr": None,
+            },
+            {},
+            hogql.PostHogQueryError,
+            None,
+        ),
+        (
+            401,
+            {
+                "type": "authentication_error",
+                "code": "authentication_failed",
+                "detail": "Incorrect authentication credentials.",
+                "attr": None,
+            },
+            {},
+            hogql.PostHogAuthError,
+            None,
+        ),
+        (
+            403,
+            {
+                "type": "authentication_error",
+                "code": "permission_denied",
+                "detail": "API key missing required scope 'query:read'",
+                "attr": None,
+            },
+            {},
+            hogql.PostHogAuthError,
+            None,
+        ),
+        (
+            429,
+            {
+                "type": "throttled_error",
+                "code": "throttled",
+                "detail": "Request was throttled. Expected available in 30 seconds.",
+                "attr": None,
+            },
+            {"Retry-After": "30"},
+            hogql.PostHogUnavailable,
+            30,
+        ),
+        (
+            429,
+            {
+                "type": "throttled_error",
+                "code": "throttled",
+                "detail": "Too many concurrent queries.",
+                "attr": None,
+            },
+            {},
+            hogql.PostHogUnavailable,
+            None,
+        ),
+        (
+            500,
+            {
+                "type": "server_error",
+                "code": "error",
+                "detail": "A server error occurred.",
+                "attr": None,
+            },
+            {},
+            hogql.PostHogUnavailable,
+            None,
+        ),
+        (
+            503,
+            {"type": "server_error", "code": "busy", "detail": "Busy", "attr": None},
+            {},
+            hogql.PostHogUnavailable,
+            None,
+        ),
+        (
+            504,
+            {
+                "type": "server_error",
+                "code": "query_timeout",
+                "detail": "Query timed out",
+                "attr": None,
+            },
+            {},
+            hogql.PostHogUnavailable,
+            None,
+        ),
     ],
 )
 def test_failures_map_to_a_small_family_of_errors(
@@ -93,8 +167,12 @@ def test_failures_map_to_a_small_family_of_errors(
 
 
 @pytest.mark.parametrize(
-    "exc", [requests.ConnectTimeout("slow"), requests.ReadTimeout("slow"),
-            requests.ConnectionError("refused")]
+    "exc",
+    [
+        requests.ConnectTimeout("slow"),
+        requests.ReadTimeout("slow"),
+        requests.ConnectionError("refused"),
+    ],
 )
 def test_network_failures_are_unavailable(posthog_query, requests_mock, caplog, exc):
     requests_mock.add(responses.POST, posthog_query, body=exc)
@@ -122,8 +200,9 @@ def test_the_usage_query_is_valid_hogql_with_every_input_a_placeholder(hogql_che
 
 
 @pytest.mark.django_db
-def test_a_hostile_distinct_id_changes_nothing_in_the_query(posthog_query, requests_mock,
-                                                             hogql_check):
+def test_a_hostile_distinct_id_changes_nothing_in_the_query(
+    posthog_query, requests_mock, hogql_check
+):
     requests_mock.add(responses.POST, posthog_query, json={**OK_BODY, "columns": [], "results": []})
     hostile = "1' OR 1=1 -- {distinct_id} }} \" ; DROP"
     cycle = cycle_containing(1, date(2026, 11, 5), ZoneInfo("UTC"))

@@ -13,7 +13,9 @@ def test_the_price_table_is_seeded_with_openai_prices():
     assert set(OPENAI_PRICES) <= set(ModelPrice.objects.values_list("model", flat=True))
     mini = price_for("gpt-4o-mini")
     assert (mini.input_per_1m, mini.cached_input_per_1m, mini.output_per_1m) == (
-        Decimal("0.15"), Decimal("0.075"), Decimal("0.60")
+        Decimal("0.15"),
+        Decimal("0.075"),
+        Decimal("0.60"),
     )
 
 

@@ -84,9 +84,7 @@ def _detail(response: requests.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
-def run(
-    query: str, values: dict[str, Any], name: str, refresh: str = "blocking"
-) -> QueryResult:
+def run(query: str, values: dict[str, Any], name: str, refresh: str = "blocking") -> QueryResult:
     """Run one HogQL query; rows come back as dicts keyed by column name."""
     if not is_configured():
         raise PostHogNotConfigured("PostHog's project id and personal API key are not set.")

@@ -30,8 +30,16 @@ REPLY_PRIMING_TOKENS = 8
 BYTES_PER_TOKEN_ESTIMATE = 4  # only for answers whose provider reported no usage
 ERROR_TEXT_LIMIT = 2000
 SETTLED_FIELDS = [
-    "status", "error", "input_tokens", "cached_input_tokens", "output_tokens", "cost",
-    "cost_estimated", "latency_ms", "http_status", "settled_at",
+    "status",
+    "error",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "cost",
+    "cost_estimated",
+    "latency_ms",
+    "http_status",
+    "settled_at",
 ]
 
 

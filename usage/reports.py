@@ -184,8 +184,14 @@ def account_for(user) -> UsageAccount:
 def ledger_rows(user_id: int, cycle: Cycle) -> list[Row]:
     return [
         Row(
-            r.day, r.model, r.generations, r.errors, r.input_tokens,
-            r.cached_input_tokens, r.output_tokens, r.cost,
+            r.day,
+            r.model,
+            r.generations,
+            r.errors,
+            r.input_tokens,
+            r.cached_input_tokens,
+            r.output_tokens,
+            r.cost,
         )
         for r in DailyUsage.objects.filter(
             user_id=user_id, day__gte=cycle.start_date, day__lt=cycle.end_date
@@ -197,13 +203,12 @@ def _utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def query_values(user_id: int, cycle: Cycle) -> dict:
-    return {
-        "distinct_id": str(user_id),
-        "start": _utc(cycle.start),
-        "end": _utc(cycle.end),
-        "time_zone": cycle.tz.key,
-    }
+def query_values(user_id: int, cycle: Cycle, time_zone: bool = True) -> dict:
+    """Placeholder values: the user's distinct id and the cycle's bounds as UTC strings."""
+    values = {"distinct_id": str(user_id), "start": _utc(cycle.start), "end": _utc(cycle.end)}
+    if time_zone:
+        values["time_zone"] = cycle.tz.key
+    return values
 
 
 def posthog_rows(user_id: int, cycle: Cycle, refresh: bool = False) -> list[Row]:
@@ -269,7 +274,12 @@ def _posthog_or_ledger(user_id, cycle, refresh) -> tuple[list[Row], str, datetim
 
 
 def build_report(
-    cycle: Cycle, rows: list[Row], spend: Spend, source: str, as_of: datetime, note: str = "",
+    cycle: Cycle,
+    rows: list[Row],
+    spend: Spend,
+    source: str,
+    as_of: datetime,
+    note: str = "",
     is_current: bool = True,
 ) -> UsageReport:
     by_day: dict[date, list[Row]] = {}

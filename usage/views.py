@@ -117,8 +117,17 @@ def export_csv(request: HttpRequest) -> HttpResponse:
     tz = cycle.tz
     writer = csv.writer(_Echo())
     header = [
-        "time", "generation_id", "model", "provider", "status", "input_tokens",
-        "cached_input_tokens", "output_tokens", "cost_usd", "cost_estimated", "latency_ms",
+        "time",
+        "generation_id",
+        "model",
+        "provider",
+        "status",
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "cost_estimated",
+        "latency_ms",
     ]
 
     def lines():
@@ -127,8 +136,15 @@ def export_csv(request: HttpRequest) -> HttpResponse:
             yield writer.writerow(
                 [
                     (g.settled_at or g.created_at).astimezone(tz).isoformat(),
-                    g.id, g.model, g.provider, g.status, g.input_tokens,
-                    g.cached_input_tokens, g.output_tokens, g.cost, g.cost_estimated,
+                    g.id,
+                    g.model,
+                    g.provider,
+                    g.status,
+                    g.input_tokens,
+                    g.cached_input_tokens,
+                    g.output_tokens,
+                    g.cost,
+                    g.cost_estimated,
                     g.latency_ms if g.latency_ms is not None else "",
                 ]
             )

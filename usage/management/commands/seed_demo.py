@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from usage.cycles import local_day
+from usage.cycles import cycle_containing, local_day
 from usage.models import DailyUsage, Generation, ModelPrice, UsageAccount
 from usage.pricing import Price
 
@@ -17,8 +17,8 @@ from usage.pricing import Price
 DEMO_USERS = [
     ("demo", False, None, {"chatusage-demo": 6, "gpt-4o-mini": 3, "gpt-4.1-mini": 1}, 6),
     ("admin", True, None, {"gpt-4o-mini": 1}, 1),
-    ("kenji", False, Decimal("2.00"), {"gpt-4o": 3, "gpt-4.1": 1}, 5),
-    ("maria", False, Decimal("0.50"), {"gpt-4.1": 1, "o4-mini": 1}, 4),
+    ("kenji", False, Decimal("1.00"), {"gpt-4o": 3, "gpt-4.1": 1}, 13),
+    ("maria", False, Decimal("0.10"), {"gpt-4.1": 1, "o4-mini": 1}, 4),
     ("li", False, Decimal("0"), {"gpt-5-mini": 2, "gpt-5-nano": 3}, 10),
 ]
 HISTORY_DAYS = 60
@@ -37,13 +37,19 @@ class Command(BaseCommand):
 
     def handle(self, *args, force=False, **options):
         if not settings.DEBUG and not force:
-            raise CommandError("seed_demo only runs with DEBUG on (or --force): it creates users "
-                               "with a published password.")
+            raise CommandError(
+                "seed_demo only runs with DEBUG on (or --force): it creates users "
+                "with a published password."
+            )
         User = get_user_model()
         prices = {p.model: Price.from_row(p) for p in ModelPrice.objects.all()}
         created_users = 0
         created_generations = 0
         now = timezone.now()
+        # Anchor cycles so that the current one is three weeks old and two earlier ones are full.
+        anchor = cycle_containing(
+            local_day(now - timedelta(days=20)).day, local_day(now - timedelta(days=80))
+        ).start_date
         for index, (username, staff, budget, models, per_day) in enumerate(DEMO_USERS):
             with transaction.atomic():
                 user, created = User.objects.get_or_create(
@@ -60,11 +66,7 @@ class Command(BaseCommand):
                     user.save(update_fields=["password"])
                     created_users += 1
                 UsageAccount.objects.update_or_create(
-                    user=user,
-                    defaults={
-                        "billing_anchor": local_day(user.date_joined),
-                        "budget_usd": budget,
-                    },
+                    user=user, defaults={"billing_anchor": anchor, "budget_usd": budget}
                 )
                 if Generation.objects.filter(user=user).exists():
                     continue
@@ -93,18 +95,23 @@ class Command(BaseCommand):
                 cost = price.cost(input_tokens, cached, output_tokens) if ok else Decimal(0)
                 rows.append(
                     Generation(
-                        user=user, model=model, provider="demo" if "demo" in model else "openai",
+                        user=user,
+                        model=model,
+                        provider="demo" if "demo" in model else "openai",
                         status=Generation.Status.OK if ok else Generation.Status.ERROR,
                         reserved_cost=price.cost(input_tokens + 600, 0, 500),
-                        input_tokens=input_tokens, cached_input_tokens=cached,
-                        output_tokens=output_tokens, cost=cost,
+                        input_tokens=input_tokens,
+                        cached_input_tokens=cached,
+                        output_tokens=output_tokens,
+                        cost=cost,
                         latency_ms=rng.randint(300, 4000),
                         http_status=200 if ok else 500,
                         error="" if ok else "provider_error: The model provider failed to answer.",
                         price_input_per_1m=price.input_per_1m,
                         price_cached_input_per_1m=price.cached_input_per_1m,
                         price_output_per_1m=price.output_per_1m,
-                        created_at=at, settled_at=at + timedelta(seconds=2),
+                        created_at=at,
+                        settled_at=at + timedelta(seconds=2),
                     )
                 )
                 bucket = rollups[(local_day(at + timedelta(seconds=2)), model)]
@@ -116,8 +123,10 @@ class Command(BaseCommand):
                 bucket["cost"] += cost
         Generation.objects.bulk_create(rows, batch_size=1000)
         DailyUsage.objects.bulk_create(
-            [DailyUsage(user=user, day=day, model=model, **values)
-             for (day, model), values in rollups.items()],
+            [
+                DailyUsage(user=user, day=day, model=model, **values)
+                for (day, model), values in rollups.items()
+            ],
             batch_size=1000,
         )
         return len(rows)

@@ -1,0 +1,161 @@
+import csv
+import io
+import re
+from decimal import Decimal
+
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tests.conftest import set_budget
+from usage.limits import TokenUsage, reserve, settle
+from usage.models import ModelPrice
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def spend(user, model="gpt-4o", tokens=(1000, 0, 1000)):
+    return settle(reserve(user, model, MESSAGES, 500), TokenUsage(*tokens))
+
+
+def test_a_non_staff_user_gets_no_admin(alice_client):
+    response = alice_client.get("/admin/auth/user/")
+    assert response.status_code == 302
+    assert "/admin/login/" in response.url
+
+
+def test_the_user_list_shows_this_cycles_usage_and_budget(staff_client, alice, bob):
+    set_budget(alice, "0.02")
+    spend(alice)  # 1000 x 2.50 + 1000 x 10.00 per 1M = $0.0125
+    page = staff_client.get("/admin/auth/user/?q=alice").content.decode()
+    assert '<td class="field-messages_this_cycle">1</td>' in page
+    assert "$0.0125" in page
+    assert "62.5%" in page
+    assert "$0.02" in page
+
+
+def test_near_and_over_budget_filters(staff_client, alice, bob, outsider):
+    set_budget(alice, "0.015")  # $0.0125 = 83%
+    set_budget(bob, "0.01")  # $0.0125 = 125% (budget lowered after the spend)
+    spend(alice)
+    spend(bob)
+    set_budget(bob, "0.01")
+
+    def listed(query):
+        page = staff_client.get(f"/admin/auth/user/{query}").content.decode()
+        return set(re.findall(r'field-username"><a [^>]*>([^<]+)</a>', page))
+
+    assert listed("?budget=near") == {"alice", "bob"}
+    assert listed("?budget=over") == {"bob"}
+    assert "outsider" in listed("")
+
+
+def test_search_by_username_and_email(staff_client, alice, bob):
+    page = staff_client.get("/admin/auth/user/?q=bob@example").content.decode()
+    assert ">bob<" in page and ">alice<" not in page
+
+
+def _list_queries(client):
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/admin/auth/user/").status_code == 200
+    return len(queries.captured_queries)
+
+
+def test_the_user_list_query_count_is_constant(staff_client, django_user_model):
+    def add_users(n, start):
+        for i in range(start, start + n):
+            user = django_user_model.objects.create_user(f"user{i}", f"u{i}@example.com", "x")
+            spend(user, "gpt-4o-mini", (100, 0, 10))
+
+    add_users(5, 0)
+    few = _list_queries(staff_client)
+    add_users(45, 5)
+    many = _list_queries(staff_client)
+    assert few == many
+
+
+def test_the_user_page_shows_limits_usage_and_recent_generations(staff_client, alice, settings):
+    settings.POSTHOG_PROJECT_ID = "4242"
+    settings.POSTHOG_API_HOST = "https://us.posthog.com"
+    spend(alice, "gpt-4o-mini")
+    page = staff_client.get(f"/admin/auth/user/{alice.pk}/change/").content.decode()
+    assert 'name="usage_account-0-budget_usd"' in page
+    assert 'name="usage_account-0-billing_anchor"' in page
+    assert "1 messages" in page
+    assert "gpt-4o-mini" in page
+    assert f"https://us.posthog.com/project/4242/person/{alice.pk}" in page
+
+
+def test_staff_can_change_a_users_budget(staff_client, alice):
+    page = staff_client.get(f"/admin/auth/user/{alice.pk}/change/")
+    form = page.context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None and not isinstance(v, list)}
+    data.update(
+        {
+            "username": "alice",
+            "email": "alice@example.com",
+            "date_joined_0": alice.date_joined.strftime("%Y-%m-%d"),
+            "date_joined_1": alice.date_joined.strftime("%H:%M:%S"),
+            "usage_account-TOTAL_FORMS": "1",
+            "usage_account-INITIAL_FORMS": "1",
+            "usage_account-MIN_NUM_FORMS": "0",
+            "usage_account-MAX_NUM_FORMS": "1",
+            "usage_account-0-id": alice.usage_account.pk,
+            "usage_account-0-user": alice.pk,
+            "usage_account-0-billing_anchor": "2026-01-31",
+            "usage_account-0-budget_usd": "12.50",
+            "usage_account-0-message_limit": "100",
+        }
+    )
+    data.pop("password", None)
+    response = staff_client.post(f"/admin/auth/user/{alice.pk}/change/", data)
+    assert response.status_code == 302, response.context["errors"] if response.context else ""
+    alice.usage_account.refresh_from_db()
+    assert alice.usage_account.budget_usd == Decimal("12.50")
+    assert alice.usage_account.message_limit == 100
+
+
+def test_generations_are_read_only_and_export_as_csv(staff_client, alice):
+    first = spend(alice, "gpt-4o-mini")
+    spend(alice, "gpt-4o")
+    assert staff_client.get("/admin/usage/generation/").status_code == 200
+    page = staff_client.get(f"/admin/usage/generation/{first.pk}/change/").content.decode()
+    assert 'name="_save"' not in page
+    response = staff_client.post(
+        "/admin/usage/generation/",
+        {"action": "export_csv", "_selected_action": [str(first.pk)]},
+    )
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert [r["generation_id"] for r in rows] == [str(first.pk)]
+    assert rows[0]["user"] == "alice"
+    assert (
+        staff_client.get("/admin/usage/generation/?status__exact=ok&model=gpt-4o").status_code
+        == 200
+    )
+
+
+def test_model_prices_cannot_be_negative(staff_client):
+    response = staff_client.post(
+        "/admin/usage/modelprice/add/",
+        {
+            "model": "bad",
+            "input_per_1m": "-1",
+            "cached_input_per_1m": "0",
+            "output_per_1m": "1",
+            "active": "on",
+        },
+    )
+    assert response.status_code == 200
+    assert "Prices cannot be negative." in response.content.decode()
+    assert not ModelPrice.objects.filter(model="bad").exists()
+    response = staff_client.post(
+        "/admin/usage/modelprice/add/",
+        {
+            "model": "good",
+            "input_per_1m": "1",
+            "cached_input_per_1m": "0.5",
+            "output_per_1m": "2",
+            "active": "on",
+        },
+    )
+    assert response.status_code == 302
+    assert ModelPrice.objects.get(model="good").cached_input_per_1m == Decimal("0.5")

@@ -1,0 +1,358 @@
+"""The admin as a support tool: each user's usage this cycle, limits, generations, prices."""
+
+import csv
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.core.validators import MinValueValidator
+from django.db.models import (
+    Case,
+    DateField,
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    IntegerField,
+    OuterRef,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce
+from django.http import HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+
+from usage import reports
+from usage.cycles import current_cycle_bounds_by_anchor_day
+from usage.models import DailyUsage, Generation, ModelPrice, UsageAccount
+from usage.templatetags.money import usd
+
+User = get_user_model()
+MONEY = DecimalField(max_digits=20, decimal_places=10)
+RECENT_GENERATIONS = 20
+
+
+def _by_anchor_day(attribute: str):
+    """Each user's current cycle start/end as one CASE over their anchor's day of month."""
+    bounds = current_cycle_bounds_by_anchor_day()
+    return Case(
+        *[
+            When(usage_account__billing_anchor__day=day, then=Value(getattr(cycle, attribute)))
+            for day, cycle in bounds.items()
+        ],
+        output_field=DateField(),
+    )
+
+
+def _cycle_sum(field: str, output_field):
+    rollup = (
+        DailyUsage.objects.filter(
+            user=OuterRef("pk"),
+            day__gte=OuterRef("cycle_start"),
+            day__lt=OuterRef("cycle_end"),
+        )
+        .order_by()
+        .values("user")
+        .annotate(total=Sum(field))
+        .values("total")
+    )
+    return Coalesce(
+        Subquery(rollup, output_field=output_field), Value(0), output_field=output_field
+    )
+
+
+def with_cycle_usage(queryset):
+    """Annotate cycle_messages, cycle_cost, budget and budget_pct in one query, any user count."""
+    default_budget = settings.USAGE_DEFAULT_BUDGET_USD
+    return (
+        queryset.annotate(
+            cycle_start=_by_anchor_day("start_date"),
+            cycle_end=_by_anchor_day("end_date"),
+        )
+        .annotate(
+            cycle_messages=_cycle_sum("generations", IntegerField()),
+            cycle_cost=_cycle_sum("cost", MONEY),
+            budget=Coalesce(
+                F("usage_account__budget_usd"), Value(default_budget), output_field=MONEY
+            ),
+        )
+        .annotate(
+            budget_pct=Case(
+                When(
+                    budget__gt=0,
+                    then=ExpressionWrapper(F("cycle_cost") * 100 / F("budget"), output_field=MONEY),
+                ),
+                default=None,
+                output_field=MONEY,
+            )
+        )
+    )
+
+
+class BudgetFilter(admin.SimpleListFilter):
+    title = "budget used this cycle"
+    parameter_name = "budget"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("near", "Near (80% or more)"),
+            ("over", "Over (100% or more)"),
+            ("uncapped", "No cap"),
+        ]
+
+    def queryset(self, request, queryset):
+        if self.value() == "near":
+            return queryset.filter(budget_pct__gte=80)
+        if self.value() == "over":
+            return queryset.filter(budget_pct__gte=100)
+        if self.value() == "uncapped":
+            return queryset.filter(budget=0)
+        return queryset
+
+
+class UsageAccountInline(admin.StackedInline):
+    model = UsageAccount
+    can_delete = False
+    fields = ["billing_anchor", "budget_usd", "message_limit"]
+    verbose_name_plural = "Usage limits and billing"
+
+
+class UserAdmin(DjangoUserAdmin):
+    inlines = [UsageAccountInline]
+    list_display = [
+        "username",
+        "email",
+        "date_joined",
+        "messages_this_cycle",
+        "cost_this_cycle",
+        "budget_display",
+        "budget_used",
+        "is_staff",
+    ]
+    list_filter = [BudgetFilter, "is_staff", "is_active", "date_joined"]
+    search_fields = ["username", "email"]
+    list_select_related = ["usage_account"]
+    readonly_fields = ["current_cycle", "recent_generations", "posthog_person"]
+    fieldsets = DjangoUserAdmin.fieldsets + (
+        ("Usage", {"fields": ["current_cycle", "recent_generations", "posthog_person"]}),
+    )
+
+    def get_queryset(self, request):
+        return with_cycle_usage(super().get_queryset(request))
+
+    @admin.display(description="Messages", ordering="cycle_messages")
+    def messages_this_cycle(self, obj):
+        return obj.cycle_messages
+
+    @admin.display(description="Cost", ordering="cycle_cost")
+    def cost_this_cycle(self, obj):
+        return usd(obj.cycle_cost)
+
+    @admin.display(description="Budget", ordering="budget")
+    def budget_display(self, obj):
+        return usd(obj.budget, 2) if obj.budget else "no cap"
+
+    @admin.display(description="Used", ordering="budget_pct")
+    def budget_used(self, obj):
+        if obj.budget_pct is None:
+            return "—"
+        pct = Decimal(obj.budget_pct).quantize(Decimal("0.1"))
+        colour = "#c62828" if pct >= 100 else "#e6a700" if pct >= 80 else "inherit"
+        return format_html('<span style="color:{}">{}%</span>', colour, pct)
+
+    @admin.display(description="This cycle")
+    def current_cycle(self, obj):
+        if obj.pk is None:
+            return "—"
+        report = reports.report_for(obj)
+        t = report.totals
+        return format_html(
+            "{} – {} ({}): {} messages, {} failed, {} tokens ({} cached), {}; budget {} "
+            "({} held for calls in flight)",
+            report.cycle.start_date,
+            report.cycle.end_date,
+            report.source,
+            t.messages,
+            t.errors,
+            t.total_tokens,
+            t.cached_input_tokens,
+            usd(t.cost),
+            usd(report.spend.budget, 2) if report.spend.budget else "no cap",
+            usd(report.spend.pending_cost),
+        )
+
+    @admin.display(description="Last generations")
+    def recent_generations(self, obj):
+        if obj.pk is None:
+            return "—"
+        rows = Generation.objects.filter(user=obj).order_by("-created_at")[:RECENT_GENERATIONS]
+        link = (
+            reverse("admin:usage_generation_changelist")
+            + "?"
+            + urlencode({"user__id__exact": obj.pk})
+        )
+        table = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    g.created_at.strftime("%Y-%m-%d %H:%M"),
+                    g.model,
+                    g.status,
+                    f"{g.input_tokens}/{g.output_tokens}",
+                    usd(g.cost),
+                )
+                for g in rows
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>When</th><th>Model</th><th>Status</th><th>In/out</th>"
+            '<th>Cost</th></tr></thead><tbody>{}</tbody></table><a href="{}">All generations</a>',
+            table,
+            link,
+        )
+
+    @admin.display(description="PostHog")
+    def posthog_person(self, obj):
+        if obj.pk is None or not settings.POSTHOG_PROJECT_ID:
+            return "PostHog is not configured."
+        url = f"{settings.POSTHOG_API_HOST}/project/{settings.POSTHOG_PROJECT_ID}/person/{obj.pk}"
+        return format_html(
+            '<a href="{}" target="_blank" rel="noopener">Open person {}</a>', url, obj.pk
+        )
+
+
+admin.site.unregister(User)
+admin.site.register(User, UserAdmin)
+
+
+@admin.register(Generation)
+class GenerationAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "user",
+        "model",
+        "provider",
+        "status",
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "cost",
+        "cost_estimated",
+        "latency_ms",
+    ]
+    list_filter = ["status", "model", "provider", "cost_estimated"]
+    search_fields = ["user__username", "user__email", "=id"]
+    date_hierarchy = "created_at"
+    list_select_related = ["user"]
+    show_full_result_count = False
+    actions = ["export_csv"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Export selected generations as CSV", permissions=["view"])
+    def export_csv(self, request, queryset):
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="generations.csv"'
+        writer = csv.writer(response)
+        writer.writerow(
+            [
+                "created_at",
+                "settled_at",
+                "generation_id",
+                "user",
+                "model",
+                "provider",
+                "status",
+                "input_tokens",
+                "cached_input_tokens",
+                "output_tokens",
+                "cost_usd",
+                "cost_estimated",
+                "latency_ms",
+                "error",
+            ]
+        )
+        for g in queryset.select_related("user").order_by("created_at").iterator():
+            writer.writerow(
+                [
+                    g.created_at.isoformat(),
+                    g.settled_at.isoformat() if g.settled_at else "",
+                    g.id,
+                    g.user.username,
+                    g.model,
+                    g.provider,
+                    g.status,
+                    g.input_tokens,
+                    g.cached_input_tokens,
+                    g.output_tokens,
+                    g.cost,
+                    g.cost_estimated,
+                    g.latency_ms or "",
+                    g.error,
+                ]
+            )
+        self.message_user(request, f"Exported {queryset.count()} generations.")
+        return response
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = [
+        "model",
+        "input_per_1m",
+        "cached_input_per_1m",
+        "output_per_1m",
+        "active",
+        "updated_at",
+    ]
+    list_editable = ["active"]
+    list_filter = ["active"]
+    search_fields = ["model"]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name.endswith("_per_1m"):
+            field.validators.append(MinValueValidator(0, "Prices cannot be negative."))
+            field.help_text = "USD per 1M tokens."
+        return field
+
+
+@admin.register(DailyUsage)
+class DailyUsageAdmin(admin.ModelAdmin):
+    list_display = [
+        "day",
+        "user",
+        "model",
+        "generations",
+        "errors",
+        "input_tokens",
+        "cached_input_tokens",
+        "output_tokens",
+        "cost",
+    ]
+    list_filter = ["model"]
+    search_fields = ["user__username", "user__email"]
+    date_hierarchy = "day"
+    list_select_related = ["user"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
