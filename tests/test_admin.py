@@ -34,11 +34,10 @@ def test_the_user_list_shows_this_cycles_usage_and_budget(staff_client, alice, b
 
 
 def test_near_and_over_budget_filters(staff_client, alice, bob, outsider):
-    set_budget(alice, "0.015")  # $0.0125 = 83%
-    set_budget(bob, "0.01")  # $0.0125 = 125% (budget lowered after the spend)
-    spend(alice)
-    spend(bob)
-    set_budget(bob, "0.01")
+    set_budget(alice, "1.00")
+    spend(alice, tokens=(0, 0, 85_000))  # 85,000 x $10 per 1M = $0.85 = 85%
+    spend(bob)  # $0.0125
+    set_budget(bob, "0.01")  # 125%: staff lowered the budget after the spend
 
     def listed(query):
         page = staff_client.get(f"/admin/auth/user/{query}").content.decode()

@@ -4,8 +4,11 @@ from decimal import Decimal
 
 import httpx2
 import pytest
-from django.test import Client
+from django.core.signals import request_finished
+from django.db import close_old_connections
+from django.test import Client, RequestFactory
 
+from chat import views
 from chat.models import Conversation, Message
 from tests.conftest import set_budget
 from usage.models import DailyUsage, Generation
@@ -44,6 +47,28 @@ def sse_events(response) -> list[tuple[str, dict]]:
         lines = dict(line.split(": ", 1) for line in frame.split("\n"))
         events.append((lines["event"], json.loads(lines["data"])))
     return events
+
+
+def stream_directly(user, prompt):
+    """The streaming response as a WSGI server gets it (no test-client wrapper around it)."""
+    request = RequestFactory().post(
+        API, json.dumps({"prompt": prompt, "stream": True}), content_type="application/json"
+    )
+    request.user = user
+    return views.api_chat(request)
+
+
+def client_goes_away(response):
+    """What a WSGI server does when the browser disconnects: close the response.
+
+    The request_finished signal is held back, as Django's test client does, so it does not
+    close the test's database connection (a real server's connection is in autocommit).
+    """
+    request_finished.disconnect(close_old_connections)
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
 
 
 def test_a_message_is_answered_priced_and_recorded(alice_client, alice, openai_mock):
@@ -158,13 +183,13 @@ def test_a_streamed_answer_arrives_in_pieces_and_settles(
 
 
 def test_a_stream_the_client_leaves_still_settles_and_keeps_the_partial_answer(
-    alice_client, alice, openai_mock
+    alice, openai_mock
 ):
-    response = post(alice_client, {"prompt": "Tell me something", "stream": True})
+    response = stream_directly(alice, "Tell me something")
     chunks = iter(response.streaming_content)
     for _ in range(4):  # start and a few deltas, then the browser goes away
         next(chunks)
-    response.close()
+    client_goes_away(response)
     generation = Generation.objects.get(user=alice)
     assert generation.status == "ok"
     assert generation.cost_estimated
@@ -172,10 +197,10 @@ def test_a_stream_the_client_leaves_still_settles_and_keeps_the_partial_answer(
     assert answer.interrupted and answer.content
 
 
-def test_a_stream_that_never_started_settles_at_zero(alice_client, alice, openai_mock):
-    response = post(alice_client, {"prompt": "Tell me something", "stream": True})
+def test_a_stream_that_never_started_settles_at_zero(alice, openai_mock):
+    response = stream_directly(alice, "Tell me something")
     next(iter(response.streaming_content))  # the start event only
-    response.close()
+    client_goes_away(response)
     generation = Generation.objects.get(user=alice)
     assert (generation.status, generation.cost) == ("error", 0)
 
