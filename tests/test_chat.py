@@ -182,9 +182,7 @@ def test_a_streamed_answer_arrives_in_pieces_and_settles(
     assert "Tell me something" not in json.dumps(event)
 
 
-def test_a_stream_the_client_leaves_still_settles_and_keeps_the_partial_answer(
-    alice, openai_mock
-):
+def test_a_stream_the_client_leaves_still_settles_and_keeps_the_partial_answer(alice, openai_mock):
     response = stream_directly(alice, "Tell me something")
     chunks = iter(response.streaming_content)
     for _ in range(4):  # start and a few deltas, then the browser goes away
