@@ -40,13 +40,20 @@ def demo_answer(messages: list[dict]) -> str:
     return _TEMPLATE.format(words=len(words), opening=opening, model=settings.OPENAI_MODEL)
 
 
-def demo_usage(messages: list[dict], answer: str) -> dict:
+def cap_answer(answer: str, max_tokens: int | None) -> tuple[str, int, str]:
+    """Cut the answer at max_tokens as OpenAI does: (text, completion tokens, finish reason)."""
+    tokens = _tokens(answer)
+    if not max_tokens or tokens <= max_tokens:
+        return answer, tokens, "stop"
+    return answer.encode()[: max_tokens * 4].decode(errors="ignore"), max_tokens, "length"
+
+
+def demo_usage(messages: list[dict], completion_tokens: int) -> dict:
     per_message = [_tokens(str(m.get("content", ""))) + 4 for m in messages]
     prompt_tokens = sum(per_message) + 3
     # OpenAI caches a repeated prefix of 1024+ tokens in steps of 128: the history is that prefix.
     history = sum(per_message[:-1])
     cached = (history // 128) * 128 if history >= 1024 else 0
-    completion_tokens = _tokens(answer)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -69,7 +76,7 @@ def _chunk(completion_id: str, model: str, created: int, delta: dict, finish=Non
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
-def _stream(completion_id, model, created, answer, usage, include_usage, delay):
+def _stream(completion_id, model, created, answer, finish, usage, include_usage, delay):
     yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""})
     pieces = answer.split(" ")
     for index, word in enumerate(pieces):
@@ -77,7 +84,7 @@ def _stream(completion_id, model, created, answer, usage, include_usage, delay):
             time.sleep(delay)
         text = word if index == len(pieces) - 1 else word + " "
         yield _chunk(completion_id, model, created, {"content": text})
-    yield _chunk(completion_id, model, created, {}, finish="stop")
+    yield _chunk(completion_id, model, created, {}, finish=finish)
     if include_usage:
         yield _chunk(completion_id, model, created, {}, usage=usage)
     yield b"data: [DONE]\n\n"
@@ -94,8 +101,10 @@ def handle(request: httpx2.Request) -> httpx2.Response:
             400, json={"error": {"message": "Invalid JSON body", "type": "invalid_request_error"}}
         )
     model = body.get("model", settings.DEMO_MODEL)
-    answer = demo_answer(messages)
-    usage = demo_usage(messages, answer)
+    answer, completion_tokens, finish = cap_answer(
+        demo_answer(messages), body.get("max_completion_tokens") or body.get("max_tokens")
+    )
+    usage = demo_usage(messages, completion_tokens)
     completion_id = f"chatcmpl-demo-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.get("stream"):
@@ -108,6 +117,7 @@ def handle(request: httpx2.Request) -> httpx2.Response:
                 model,
                 created,
                 answer,
+                finish,
                 usage,
                 include_usage,
                 settings.DEMO_STREAM_DELAY,
@@ -124,7 +134,7 @@ def handle(request: httpx2.Request) -> httpx2.Response:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": answer, "refusal": None},
-                    "finish_reason": "stop",
+                    "finish_reason": finish,
                     "logprobs": None,
                 }
             ],

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import Http404
 from django.utils import timezone
@@ -63,7 +64,7 @@ def conversation_for(user, conversation_id) -> Conversation:
     """The user's own conversation, or 404: the one scoping helper for chat lookups."""
     try:
         return Conversation.objects.get(pk=conversation_id, user=user)
-    except (Conversation.DoesNotExist, ValueError, TypeError) as exc:
+    except (Conversation.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise Http404("No such conversation.") from exc
 
 
