@@ -1,0 +1,209 @@
+"""Small real servers on 127.0.0.1 for the end-to-end tests: an OpenAI-compatible model,
+a PostHog capture sink, and a TCP proxy that can cut the app off from PostgreSQL."""
+
+import gzip
+import json
+import select
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx2
+
+from chat import demo
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    def __init__(self, handler_class, port: int = 0):
+        self.port = port or free_port()
+        self._handler_class = handler_class
+        self._server = None
+        self.start()
+
+    def start(self):
+        handler = type("Handler", (self._handler_class,), {"owner": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+
+class _ModelHandler(_Quiet):
+    def do_POST(self):
+        owner: FakeModel = self.owner
+        body = self._body()
+        owner.requests += 1
+        mode = owner.mode
+        if mode == "slow":
+            time.sleep(owner.slow_seconds)
+        if mode in ("429", "500"):
+            payload = json.dumps({"error": {"message": f"fake {mode}", "type": "fake"}}).encode()
+            self.send_response(int(mode))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("retry-after-ms", "10")
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        if mode == "garbage":
+            payload = b"<html>this is not an OpenAI answer"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        # The offline demo model's own handler speaks the wire format, streamed or not.
+        response = demo.handle(httpx2.Request("POST", f"http://fake{self.path}", content=body))
+        self.send_response(response.status_code)
+        self.send_header("Content-Type", response.headers["content-type"])
+        if response.headers["content-type"].startswith("text/event-stream"):
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in response.iter_bytes():
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            payload = response.read()
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+
+class FakeModel(_Server):
+    """An OpenAI-compatible chat-completions server. mode: ok, 429, 500, slow, garbage."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.slow_seconds = 3.0
+        self.requests = 0
+        super().__init__(_ModelHandler)
+
+
+class _SinkHandler(_Quiet):
+    def do_POST(self):
+        owner: CaptureSink = self.owner
+        body = self._body()
+        if owner.mode == "hang":
+            time.sleep(owner.hang_seconds)
+        if body[:2] == b"\x1f\x8b":
+            body = gzip.decompress(body)
+        try:
+            batch = json.loads(body).get("batch", [])
+        except ValueError:
+            batch = []
+        with owner.lock:
+            owner.events.extend(batch)
+        payload = b'{"status": 1}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+class CaptureSink(_Server):
+    """Receives PostHog's /batch/ posts. mode: ok or hang; stop() refuses connections."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.hang_seconds = 20.0
+        self.events: list[dict] = []
+        self.lock = threading.Lock()
+        super().__init__(_SinkHandler)
+
+    def generations(self) -> list[dict]:
+        with self.lock:
+            return [e for e in self.events if e.get("event") == "$ai_generation"]
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to a target; cut() drops every connection and refuses new ones."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener = None
+        self.resume()
+
+    def resume(self):
+        self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listener.settimeout(0.2)
+        self._running = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self):
+        self._running = False
+        self._listener.close()
+        with self._lock:
+            for conn in self._conns:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+            self._conns.clear()
+
+    def _accept(self):
+        listener = self._listener
+        while self._running:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket):
+        pair = {a: b, b: a}
+        try:
+            while True:
+                readable, _, _ = select.select(list(pair), [], [], 1.0)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    pair[sock].sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            for sock in (a, b):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
