@@ -1,6 +1,7 @@
 """Small real servers on 127.0.0.1 for the end-to-end tests: an OpenAI-compatible model,
 a PostHog capture sink, and a TCP proxy that can cut the app off from PostgreSQL."""
 
+import contextlib
 import gzip
 import json
 import select
@@ -164,10 +165,8 @@ class TcpProxy:
         self._listener.close()
         with self._lock:
             for conn in self._conns:
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 conn.close()
             self._conns.clear()
 
@@ -203,7 +202,5 @@ class TcpProxy:
             return
         finally:
             for sock in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     sock.close()
-                except OSError:
-                    pass
