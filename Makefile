@@ -36,14 +36,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Everything, browser and real-server tests included (those use PostgreSQL themselves).
 test-sqlite: install browser
-	$(BIN)/pytest -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 # The budget guarantees need real row locks: run everything again on PostgreSQL
 # when it answers on 127.0.0.1:5432.
 test-postgres: install
 	@if $(BIN)/python -c "import psycopg; psycopg.connect('$(PG_URL)', connect_timeout=3).close()" 2>/dev/null; then \
-		DATABASE_URL=$(PG_URL) $(BIN)/pytest -n $(PYTEST_WORKERS); \
+		DATABASE_URL=$(PG_URL) $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not e2e"; \
 	else \
 		echo "PostgreSQL is not answering at $(PG_URL): skipped the PostgreSQL run."; \
 	fi

@@ -46,13 +46,27 @@
     send.setAttribute("aria-busy", busy ? "true" : "false");
   }
 
-  function onConversation(id) {
+  function onConversation(id, title) {
     if (!id || chat.dataset.conversationId === id) return;
     chat.dataset.conversationId = id;
     const url = chat.dataset.conversationUrlTemplate.replace(
       "00000000-0000-0000-0000-000000000000", id);
     form.action = url;
     history.replaceState(null, "", url);
+    // A new conversation joins the list on the left, as it will after a reload.
+    const nav = document.querySelector(".conversations ul");
+    if (nav) {
+      const placeholder = nav.querySelector(".muted");
+      if (placeholder) placeholder.remove();
+      nav.querySelectorAll("a[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
+      const li = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = url;
+      link.textContent = (title || "New conversation").split("\n")[0].slice(0, 80);
+      link.setAttribute("aria-current", "page");
+      li.append(link);
+      nav.prepend(li);
+    }
   }
 
   function formatUsage(usage) {
@@ -79,7 +93,7 @@
       if (!response.ok || !type.startsWith("text/event-stream")) {
         let data = {};
         try { data = await response.json(); } catch (e) { /* not JSON */ }
-        if (data.conversation_id) onConversation(data.conversation_id);
+        if (data.conversation_id) onConversation(data.conversation_id, text);
         throw new Error(data.error || ("The server answered " + response.status + "."));
       }
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -100,7 +114,7 @@
           }
           const payload = data ? JSON.parse(data) : {};
           if (event === "start") {
-            onConversation(payload.conversation_id);
+            onConversation(payload.conversation_id, text);
             answer = addMessage("assistant", "", "streaming");
             if (payload.demo) answer.label.insertAdjacentHTML("beforeend", ' <span class="badge">demo</span>');
           } else if (event === "delta") {

@@ -1,0 +1,145 @@
+"""A person's path through the product in headless Chromium (Debian's), driven by Playwright.
+
+Screenshots land in test-artifacts/ (git-ignored) for a human to look at.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from usage.models import Generation
+
+# serialized_rollback: the price table seeded by a migration survives the flush after each test.
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+# Playwright's sync API keeps an event loop in this thread; the ORM calls here are plain sync.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "browser-Pass-2026!"
+
+
+@pytest.fixture
+def browser():
+    # Per test, not per module: while Playwright's loop runs, Django hands this thread another
+    # connection object, and the next test's database set-up would miss its saved state.
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (make test installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, settings):
+    settings.DEMO_STREAM_DELAY = 0.01  # stream visibly, as `make run` does
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+
+
+def login(page, base, username, password):
+    page.goto(f"{base}/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
+def test_sign_up_chat_see_the_cost_and_log_out(page, live_server, django_user_model):
+    base = live_server.url
+    page.goto(f"{base}/accounts/signup/")
+    page.fill("#id_username", "carol")
+    page.fill("#id_email", "carol@example.com")
+    page.fill("#id_password1", PASSWORD)
+    page.fill("#id_password2", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/chat/")
+
+    page.fill("#prompt", "How much does this answer cost?")
+    with page.expect_response(lambda r: r.url.endswith("/api/chat/")) as answer:
+        page.click("#send")
+    assert answer.value.headers["content-type"] == "text/event-stream"
+    assistant = page.locator(".message-assistant .content").last
+    assistant.wait_for()
+    page.wait_for_function("document.getElementById('usage-line').textContent.includes('tokens')")
+    assert "offline demo model" in assistant.inner_text()
+    assert re.search(r"\d+ tokens · \$0\.\d{6}", page.inner_text("#usage-line"))
+    assert re.fullmatch(rf"{base}/chat/[0-9a-f-]{{36}}/", page.url)  # the conversation's URL
+    assert page.input_value("#prompt") == ""
+    page.screenshot(path=ARTIFACTS / "chat.png", full_page=True)
+
+    page.click("header nav a[href='/usage/']")
+    page.wait_for_url(f"{base}/usage/")
+    assert page.inner_text("#stat-messages") == "1"
+    assert re.fullmatch(r"\$0\.\d+", page.inner_text("#stat-cost"))
+    assert page.inner_text("#stat-cost") != "$0.0000"
+    assert "chatusage-demo" in page.inner_text("#models")
+    page.screenshot(path=ARTIFACTS / "usage.png", full_page=True)
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=ARTIFACTS / "usage-phone.png", full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 860})
+
+    page.click("details.dropdown summary")
+    page.click("text=Log out")
+    page.wait_for_url(f"{base}/accounts/login/")
+    page.goto(f"{base}/usage/")
+    assert "/accounts/login/" in page.url
+
+    # Staff see carol and her usage in the admin.
+    django_user_model.objects.create_user(
+        "sam", "sam@example.com", PASSWORD, is_staff=True, is_superuser=True
+    )
+    login(page, base, "sam", PASSWORD)
+    page.goto(f"{base}/admin/auth/user/?q=carol")
+    row = page.locator("#result_list tbody tr").first
+    assert "carol" in row.inner_text()
+    assert row.locator(".field-messages_this_cycle").inner_text() == "1"
+    assert row.locator(".field-cost_this_cycle").inner_text().startswith("$0.0")
+    page.screenshot(path=ARTIFACTS / "admin-users.png", full_page=True)
+
+
+def test_a_refused_message_keeps_the_prompt_and_offers_a_retry(
+    page, live_server, django_user_model
+):
+    user = django_user_model.objects.create_user("dave", "dave@example.com", PASSWORD)
+    user.usage_account.budget_usd = "0.01"
+    user.usage_account.save()
+    Generation.objects.create(  # a call in flight already holds the whole budget
+        user=user,
+        model="chatusage-demo",
+        provider="demo",
+        reserved_cost="0.01",
+        price_input_per_1m=0,
+        price_cached_input_per_1m=0,
+        price_output_per_1m=0,
+    )
+    login(page, live_server.url, "dave", PASSWORD)
+    page.fill("#prompt", "Keep this prompt, please")
+    page.click("#send")
+    page.locator("#chat-error").wait_for(state="visible")
+    assert "Usage limit reached" in page.inner_text("#chat-error-text")
+    assert page.input_value("#prompt") == "Keep this prompt, please"
+    assert page.is_visible("#retry")
+    page.screenshot(path=ARTIFACTS / "chat-limit.png", full_page=True)
