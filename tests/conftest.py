@@ -5,6 +5,7 @@ client; PostHog with `responses`, which fails any request nobody expected.
 """
 
 import gzip
+import importlib
 import json
 import sys
 import types
@@ -48,6 +49,26 @@ def _isolation(settings):
         analytics.reset(flush=True)  # drain queued events while `responses` still answers
     llm.use_http_client(None)
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _price_table(request):
+    """The price table a migration seeds, present in every database test.
+
+    A transactional test (the PostgreSQL race, the browser tests) ends with a flush that
+    empties every table, and xdist may run another test after it on the same database.
+    """
+    uses_db = request.node.get_closest_marker("django_db") or {
+        "db",
+        "transactional_db",
+        "live_server",
+    } & set(request.fixturenames)
+    if uses_db:
+        request.getfixturevalue("db")
+        from django.apps import apps
+
+        seed = importlib.import_module("usage.migrations.0002_seed_prices")
+        seed.seed_prices(apps, None)
 
 
 @pytest.fixture

@@ -136,7 +136,7 @@ def test_one_users_spend_never_limits_another(alice, bob, dollar_model):
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL row locks")
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_reservations_never_overshoot_the_budget(django_user_model, dollar_model):
     """N threads on N connections reserve at once against a budget that fits exactly k calls."""
     threads_count, k = 24, 7

@@ -114,6 +114,10 @@ class Generation(models.Model):
         indexes = [
             models.Index(fields=["user", "created_at"], name="generation_user_created"),
             models.Index(fields=["status", "created_at"], name="generation_status_created"),
+            # reserve() sums a user's calls in flight on every message: keep that lookup tiny.
+            models.Index(
+                fields=["user"], condition=Q(status="pending"), name="generation_user_pending"
+            ),
         ]
 
     def __str__(self):

@@ -12,8 +12,7 @@ import pytest
 
 from usage.models import Generation
 
-# serialized_rollback: the price table seeded by a migration survives the flush after each test.
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 # Playwright's sync API keeps an event loop in this thread; the ORM calls here are plain sync.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -34,8 +33,8 @@ PASSWORD = "browser-Pass-2026!"
 
 @pytest.fixture
 def browser():
-    # Per test, not per module: while Playwright's loop runs, Django hands this thread another
-    # connection object, and the next test's database set-up would miss its saved state.
+    # Per test, not per module: while Playwright's event loop runs, Django hands this thread
+    # another connection object, so database set-up must happen before the loop starts.
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed (make test installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
@@ -87,6 +86,7 @@ def test_sign_up_chat_see_the_cost_and_log_out(page, live_server, django_user_mo
     assert re.search(r"\d+ tokens · \$0\.\d{6}", page.inner_text("#usage-line"))
     assert re.fullmatch(rf"{base}/chat/[0-9a-f-]{{36}}/", page.url)  # the conversation's URL
     assert page.input_value("#prompt") == ""
+    assert "How much does this answer cost?" in page.inner_text(".conversations")
     page.screenshot(path=ARTIFACTS / "chat.png", full_page=True)
 
     page.click("header nav a[href='/usage/']")
