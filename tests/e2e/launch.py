@@ -1,0 +1,189 @@
+"""Start chatusage under gunicorn on a fresh PostgreSQL database, as production runs it.
+
+Used by the end-to-end tests and by the benchmarks (bench/), so both measure the same thing.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+from tests.e2e.servers import TcpProxy, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+LOAD_MODEL = "load-test-model"  # $0.01 per output token, free input: 100 tokens = $1.00
+
+
+def _answers(host, port) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _psycopg(dbname="postgres"):
+    import psycopg
+
+    return psycopg.connect(dbname=dbname, autocommit=True, connect_timeout=5, **PG)
+
+
+SETUP_SCRIPT = """
+import json
+from decimal import Decimal
+from django.contrib.auth.models import User
+from usage.models import ModelPrice, UsageAccount
+ModelPrice.objects.create(model="%(model)s", input_per_1m=0, cached_input_per_1m=0,
+                          output_per_1m=10000)
+ids = {}
+for name, budget in %(users)s:
+    user = User.objects.create_user(name, f"{name}@example.com", "load-pass-2026")
+    UsageAccount.objects.filter(user=user).update(
+        budget_usd=None if budget is None else Decimal(budget))
+    ids[name] = user.pk
+print(json.dumps(ids))
+"""
+
+
+class App:
+    def __init__(self, url, env, process, proxy, dbname, user_ids):
+        self.url = url
+        self.env = env
+        self.process = process
+        self.model = None  # the tests attach their FakeModel and CaptureSink
+        self.sink = None
+        self.proxy = proxy
+        self.dbname = dbname
+        self.user_ids = user_ids
+
+    def sql(self, query, *params):
+        with _psycopg(self.dbname) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def login(self, username) -> requests.Session:
+        session = requests.Session()
+        session.get(f"{self.url}/accounts/login/", timeout=10)
+        response = session.post(
+            f"{self.url}/accounts/login/",
+            data={
+                "username": username,
+                "password": "load-pass-2026",
+                "csrfmiddlewaretoken": session.cookies["csrftoken"],
+            },
+            allow_redirects=False,
+            timeout=10,
+        )
+        assert response.status_code == 302, response.text[:500]
+        session.headers["X-CSRFToken"] = session.cookies["csrftoken"]
+        return session
+
+
+def _manage(env, *args, timeout=180):
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def postgres_answers() -> bool:
+    return _answers(PG["host"], PG["port"])
+
+
+@contextmanager
+def gunicorn_app(
+    workdir: Path,
+    env: dict,
+    users: list[tuple[str, str | None]],
+    workers: int = 2,
+    threads: int = 8,
+):
+    """chatusage under gunicorn on a new PostgreSQL database, reached through a TcpProxy.
+
+    `env` adds to (or overrides) production-like settings; `users` are (name, budget) pairs,
+    all with the password "load-pass-2026". The database is dropped afterwards.
+    """
+    dbname = f"chatusage_e2e_{uuid.uuid4().hex[:10]}"
+    with _psycopg() as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    proxy = TcpProxy(PG["host"], PG["port"])
+    port = free_port()
+    cache_url = "redis://127.0.0.1:6379/7" if _answers("127.0.0.1", 6379) else "locmem://"
+    full_env = {
+        "PATH": os.environ["PATH"],
+        "DEBUG": "false",
+        "SECRET_KEY": "e2e-" + uuid.uuid4().hex * 2,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "false",
+        "SECURE_COOKIES": "false",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:{proxy.port}/{dbname}",
+        "CONN_MAX_AGE": "60",
+        "CACHE_URL": cache_url,
+        "USAGE_DEFAULT_BUDGET_USD": "0",
+        "CHAT_RATE_LIMIT": "100000/60",
+        "STATIC_ROOT": str(workdir / "static"),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": str(workers),
+        "GUNICORN_THREADS": str(threads),
+        "LOG_LEVEL": "WARNING",
+        **env,
+    }
+    if cache_url.startswith("redis"):
+        import redis
+
+        redis.Redis(port=6379, db=7).flushdb()
+    _manage(full_env, "migrate", "--noinput", "-v0")
+    _manage(full_env, "collectstatic", "--noinput", "-v0")
+    output = _manage(
+        full_env,
+        "shell",
+        "--no-imports",
+        "-c",
+        SETUP_SCRIPT % {"model": LOAD_MODEL, "users": users},
+    )
+    ids = json.loads(output.strip().splitlines()[-1])
+    log = open(workdir / "gunicorn.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "chatusage.wsgi"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert process.poll() is None, "gunicorn exited"
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            time.sleep(0.2)
+        yield App(url, full_env, process, proxy, dbname, ids)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+        proxy.cut()
+        with _psycopg() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
