@@ -20,6 +20,7 @@ from django.test import Client
 
 from chat import demo, llm
 from chatusage import analytics
+from usage import pricing
 
 PASSWORD = "a-Long-unusual-pass-2026"
 POSTHOG_HOST = "https://ph.example.test"
@@ -43,6 +44,7 @@ def _isolation(settings):
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
     cache.clear()
+    pricing.clear_cache()
     analytics.reset(flush=False)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         yield mock

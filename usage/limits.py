@@ -9,18 +9,18 @@ interleave, and many concurrent requests cannot overshoot the budget.
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Count, F, Sum
+from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.models import DailyUsage, Generation, UsageAccount
-from usage.pricing import Price, price_for
+from usage.pricing import COST_QUANTUM, Price, price_for
 
 # OpenAI's chat format adds a few tokens per message (role, separators) and
 # primes the reply with a few more. Generous bounds: overestimating only holds
@@ -29,18 +29,6 @@ PER_MESSAGE_OVERHEAD_TOKENS = 8
 REPLY_PRIMING_TOKENS = 8
 BYTES_PER_TOKEN_ESTIMATE = 4  # only for answers whose provider reported no usage
 ERROR_TEXT_LIMIT = 2000
-SETTLED_FIELDS = [
-    "status",
-    "error",
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "cost",
-    "cost_estimated",
-    "latency_ms",
-    "http_status",
-    "settled_at",
-]
 
 
 @dataclass(frozen=True)
@@ -165,25 +153,59 @@ def _locked_account(user_id: int) -> UsageAccount:
     return account
 
 
-def spend_for(account: UsageAccount, cycle: Cycle, include_pending: bool = True) -> Spend:
-    """Settled spend of the cycle (from the rollups) and the reservations in flight."""
-    settled = DailyUsage.objects.filter(
-        user_id=account.user_id, day__gte=cycle.start_date, day__lt=cycle.end_date
-    ).aggregate(cost=Sum("cost"), messages=Sum("generations"))
-    pending = {"cost": None, "messages": 0}
-    if include_pending:
-        pending = Generation.objects.filter(
-            user_id=account.user_id, status=Generation.Status.PENDING
-        ).aggregate(cost=Sum("reserved_cost"), messages=Count("id"))
-    return Spend(
+# The one read on every message's hot path, as plain SQL: built with the ORM (five
+# subqueries) it cost ~2 ms of query compilation per call, more than the rest of reserve().
+# One statement, so settled and pending figures come from one snapshot: two separate reads
+# could see a settle commit in between and undercount the spend.
+SPEND_SQL = """
+SELECT
+    (SELECT COALESCE(SUM(d.cost), 0) FROM {daily} d
+      WHERE d.user_id = %(user)s AND d.day >= %(start)s AND d.day < %(end)s),
+    (SELECT COALESCE(SUM(d.generations), 0) FROM {daily} d
+      WHERE d.user_id = %(user)s AND d.day >= %(start)s AND d.day < %(end)s),
+    (SELECT COALESCE(SUM(g.reserved_cost), 0) FROM {generation} g
+      WHERE g.user_id = %(user)s AND g.status = %(pending)s),
+    (SELECT COUNT(*) FROM {generation} g
+      WHERE g.user_id = %(user)s AND g.status = %(pending)s),
+    (SELECT MIN(g.created_at) FROM {generation} g
+      WHERE g.user_id = %(user)s AND g.status = %(pending)s)
+"""
+
+
+def _money(value) -> Decimal:
+    # SQLite keeps decimals as REAL; PostgreSQL answers exact numerics.
+    return Decimal(str(value)).quantize(COST_QUANTUM)
+
+
+def _spend(account: UsageAccount, cycle: Cycle, include_pending: bool = True):
+    """(Spend, oldest pending reservation's creation time or None)."""
+    sql = SPEND_SQL.format(daily=DailyUsage._meta.db_table, generation=Generation._meta.db_table)
+    params = {
+        "user": account.user_id,
+        "start": cycle.start_date,
+        "end": cycle.end_date,
+        "pending": Generation.Status.PENDING.value,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        settled_cost, settled_messages, pending_cost, pending_messages, oldest = cursor.fetchone()
+    if isinstance(oldest, str):  # SQLite returns its text form
+        oldest = parse_datetime(oldest).replace(tzinfo=UTC)
+    spend = Spend(
         cycle=cycle,
-        settled_cost=settled["cost"] or Decimal(0),
-        settled_messages=settled["messages"] or 0,
-        pending_cost=pending["cost"] or Decimal(0),
-        pending_messages=pending["messages"] or 0,
+        settled_cost=_money(settled_cost),
+        settled_messages=int(settled_messages),
+        pending_cost=_money(pending_cost) if include_pending else Decimal(0),
+        pending_messages=int(pending_messages) if include_pending else 0,
         budget=account.effective_budget,
         message_limit=account.effective_message_limit,
     )
+    return spend, oldest
+
+
+def spend_for(account: UsageAccount, cycle: Cycle, include_pending: bool = True) -> Spend:
+    """Settled spend of the cycle (from the rollups) and the reservations in flight."""
+    return _spend(account, cycle, include_pending)[0]
 
 
 def reserve(
@@ -194,15 +216,22 @@ def reserve(
     provider: str = "openai",
     conversation_id: UUID | None = None,
 ) -> Reservation:
-    """Hold the call's worst-case cost, or raise UsageLimitReached (or UnknownModelError)."""
+    """Hold the call's worst-case cost, or raise UsageLimitReached (or UnknownModelError).
+
+    Three statements: lock the account, read the spend, insert the reservation. The read
+    comes after the lock, so it sees every reservation committed before ours.
+    """
     price = price_for(model)
     input_bound = worst_case_input_tokens(messages)
     worst_case = price.cost(input_bound, 0, max_tokens)
     now = timezone.now()
     with transaction.atomic():
         account = _locked_account(user.pk)
-        expire_stale_reservations(now, user=user)
-        spend = spend_for(account, cycle_for(account, now))
+        cycle = cycle_for(account, now)
+        spend, oldest_pending = _spend(account, cycle)
+        if oldest_pending is not None and oldest_pending < stale_before(now):
+            expire_stale_reservations(now, user=user)
+            spend, _ = _spend(account, cycle)
         committed = spend.settled_cost + spend.pending_cost
         if spend.budget and committed + worst_case > spend.budget:
             raise UsageLimitReached("budget", spend, worst_case)
@@ -219,6 +248,7 @@ def reserve(
             price_input_per_1m=price.input_per_1m,
             price_cached_input_per_1m=price.cached_input_per_1m,
             price_output_per_1m=price.output_per_1m,
+            created_at=now,
         )
     return Reservation(
         generation_id=generation.pk,
@@ -243,49 +273,83 @@ def settle(
     """Record what the call really cost and release its reservation. Idempotent.
 
     With `error` (or no usage) the call settles as an error at $0. A row that was
-    marked abandoned meanwhile is still settled: the real figures win.
+    marked abandoned meanwhile is still settled: the real figures win. One conditional
+    UPDATE decides who settles, so a second settle of the same call changes nothing; the
+    daily rollup is updated in the same transaction. No account lock is needed: settling
+    only ever lowers what reserve() sees as committed.
     """
     now = timezone.now()
+    fields = {"settled_at": now, "latency_ms": latency_ms, "http_status": http_status}
+    if error or usage is None:
+        fields |= {
+            "status": Generation.Status.ERROR,
+            "error": (error or "No usage reported.")[:ERROR_TEXT_LIMIT],
+            "cost": Decimal(0),
+        }
+    else:
+        fields |= {
+            "status": Generation.Status.OK,
+            "error": "",
+            "input_tokens": usage.input_tokens,
+            "cached_input_tokens": usage.cached_input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cost_estimated": usage.estimated,
+            # The reservation carries the prices snapshotted on its row.
+            "cost": reservation.price.cost(
+                usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
+            ),
+        }
     with transaction.atomic():
-        _locked_account(reservation.user_id)
-        generation = Generation.objects.select_for_update().get(pk=reservation.generation_id)
-        if generation.status not in (Generation.Status.PENDING, Generation.Status.ABANDONED):
-            return generation
-        generation.settled_at = now
-        generation.latency_ms = latency_ms
-        generation.http_status = http_status
-        if error or usage is None:
-            generation.status = Generation.Status.ERROR
-            generation.error = (error or "No usage reported.")[:ERROR_TEXT_LIMIT]
-            generation.cost = Decimal(0)
-        else:
-            generation.status = Generation.Status.OK
-            generation.error = ""
-            generation.input_tokens = usage.input_tokens
-            generation.cached_input_tokens = usage.cached_input_tokens
-            generation.output_tokens = usage.output_tokens
-            generation.cost_estimated = usage.estimated
-            generation.cost = Price(
-                generation.model,
-                generation.price_input_per_1m,
-                generation.price_cached_input_per_1m,
-                generation.price_output_per_1m,
-            ).cost(usage.input_tokens, usage.cached_input_tokens, usage.output_tokens)
-        generation.save(update_fields=SETTLED_FIELDS)
+        won = Generation.objects.filter(
+            pk=reservation.generation_id,
+            status__in=[Generation.Status.PENDING, Generation.Status.ABANDONED],
+        ).update(**fields)
+        if not won:
+            return Generation.objects.get(pk=reservation.generation_id)
+        generation = Generation(
+            id=reservation.generation_id,
+            user_id=reservation.user_id,
+            model=reservation.model,
+            provider=reservation.provider,
+            reserved_cost=reservation.reserved_cost,
+            **fields,
+        )
         _add_to_rollup(generation, local_day(now))
     return generation
 
 
+# One statement, the same on SQLite and PostgreSQL: insert the day's row or add to it.
+# Race-free without a lock (the unique constraint arbitrates) and about half the time of
+# the ORM's UPDATE-then-INSERT on this per-message path.
+ROLLUP_SQL = """
+INSERT INTO {table} AS d (user_id, day, model, generations, errors, input_tokens,
+                          cached_input_tokens, output_tokens, cost)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (user_id, day, model) DO UPDATE SET
+    generations = d.generations + excluded.generations,
+    errors = d.errors + excluded.errors,
+    input_tokens = d.input_tokens + excluded.input_tokens,
+    cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
+    output_tokens = d.output_tokens + excluded.output_tokens,
+    cost = d.cost + excluded.cost
+"""
+
+
 def _add_to_rollup(generation: Generation, day) -> None:
+    """Add a settled call to its (user, day, model) row of DailyUsage."""
     ok = generation.status == Generation.Status.OK
-    row, _ = DailyUsage.objects.get_or_create(
-        user_id=generation.user_id, day=day, model=generation.model
-    )
-    DailyUsage.objects.filter(pk=row.pk).update(
-        generations=F("generations") + int(ok),
-        errors=F("errors") + int(not ok),
-        input_tokens=F("input_tokens") + generation.input_tokens,
-        cached_input_tokens=F("cached_input_tokens") + generation.cached_input_tokens,
-        output_tokens=F("output_tokens") + generation.output_tokens,
-        cost=F("cost") + generation.cost,
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            ROLLUP_SQL.format(table=DailyUsage._meta.db_table),
+            [
+                generation.user_id,
+                day,
+                generation.model,
+                int(ok),
+                int(not ok),
+                generation.input_tokens,
+                generation.cached_input_tokens,
+                generation.output_tokens,
+                connection.ops.adapt_decimalfield_value(generation.cost, 20, 10),
+            ],
+        )

@@ -6,8 +6,12 @@ output x output price. PostHog applies the same rule to the per-token prices
 we send with every event, which is what keeps its cost equal to the ledger's.
 """
 
+import time
 from dataclasses import dataclass
 from decimal import Decimal
+
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 
 from usage.models import ModelPrice
 
@@ -55,11 +59,29 @@ class Price:
         }
 
 
+PRICE_CACHE_SECONDS = 60
+_cache: dict[str, tuple[float, Price | None]] = {}
+
+
 def price_for(model: str) -> Price:
-    row = ModelPrice.objects.filter(model=model, active=True).first()
-    if row is None:
+    """The active price of `model`, cached per process for a minute.
+
+    Every chat message needs it; an edit in admin clears this process's cache at once and
+    reaches other processes within PRICE_CACHE_SECONDS.
+    """
+    now = time.monotonic()
+    hit = _cache.get(model)
+    if hit is None or now - hit[0] > PRICE_CACHE_SECONDS:
+        row = ModelPrice.objects.filter(model=model, active=True).first()
+        hit = _cache[model] = (now, Price.from_row(row) if row else None)
+    if hit[1] is None:
         raise UnknownModelError(model)
-    return Price.from_row(row)
+    return hit[1]
+
+
+@receiver([post_save, post_delete], sender=ModelPrice)
+def clear_cache(**kwargs) -> None:
+    _cache.clear()
 
 
 def cost(model: str, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> Decimal:
