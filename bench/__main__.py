@@ -1,0 +1,100 @@
+"""`make bench`: every benchmark in its own process, then one table of medians.
+
+Figures are medians of many runs; ratios compare runs made side by side in one process.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import date
+
+from bench.common import ROOT
+
+RUNS = [
+    ("bench.tracking", []),
+    ("bench.ledger", ["sqlite"]),
+    ("bench.ledger", ["postgres"]),
+    ("bench.dashboard", []),
+    ("bench.throughput", []),
+]
+
+
+def run(module, args) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("BENCH ")]
+    if result.returncode or not lines:
+        return {"bench": module, "error": (result.stderr or result.stdout).strip()[-300:]}
+    return json.loads(lines[-1][6:])
+
+
+def cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main():
+    results = []
+    for module, args in RUNS:
+        print(f"running {module} {' '.join(args)}...", file=sys.stderr, flush=True)
+        results.append(run(module, args))
+    by = {(r["bench"], r.get("db")): r for r in results}
+    rows = []
+    t = by.get(("tracking", "sqlite"), {})
+    if "overhead_ms" in t:
+        rows.append(
+            (
+                "Tracking overhead per chat call (SQLite, demo transport)",
+                f"bare {t['bare_ms']} ms · tracked {t['tracked_ms']} ms · "
+                f"**+{t['overhead_ms']} ms**",
+                "≤ 2 ms",
+            )
+        )
+    for db in ("sqlite", "postgres"):
+        r = by.get(("ledger", db), {})
+        if "reserve_settle_ms" in r:
+            rows.append((f"reserve + settle per call ({db})", f"{r['reserve_settle_ms']} ms", ""))
+    d = by.get(("dashboard", "sqlite"), {})
+    if "ratio" in d:
+        rows.append(
+            (
+                "/usage/ render, 10^4 vs 10^6 ledger rows (SQLite)",
+                f"{d['ms_1e4']} ms vs {d['ms_1e6']} ms · ratio **{d['ratio']}** · "
+                f"{d['queries_1e4']} vs {d['queries_1e6']} SQL queries",
+                "ratio ≤ 1.5",
+            )
+        )
+    g = by.get(("throughput", "postgres"), {})
+    if "rps" in g:
+        rows.append(
+            (
+                f"Chat requests/s under gunicorn (2×8, PostgreSQL, {g['clients']} clients)",
+                f"**{g['rps']}/s** ({g['ok']} answered, {g['non_200']} not 200)",
+                "",
+            )
+        )
+    print(
+        f"\nBenchmarks, {date.today().isoformat()}, {os.cpu_count()} cores, {cpu()}, "
+        f"Python {platform.python_version()}\n"
+    )
+    print("| measure | median | target |")
+    print("|---|---|---|")
+    for name, value, target in rows:
+        print(f"| {name} | {value} | {target} |")
+    failures = [r for r in results if "error" in r]
+    for failure in failures:
+        print(f"\n{failure['bench']} failed: {failure['error']}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
