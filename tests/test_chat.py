@@ -456,3 +456,16 @@ def test_the_form_keeps_the_prompt_when_the_call_fails(alice_client, openai_mock
     page = response.content.decode()
     assert "refused this server&#x27;s credentials" in page
     assert ">Please keep me</textarea>" in page
+
+
+def test_shutdown_delivers_queued_events(
+    alice_client, alice, openai_mock, posthog_capture, requests_mock
+):
+    from chatusage import analytics
+    from tests.conftest import batched_events
+
+    post(alice_client, {"prompt": "flush me"})
+    analytics.shutdown()  # what atexit and gunicorn's worker_exit call
+    assert [
+        e["distinct_id"] for e in batched_events(requests_mock) if e["event"] == "$ai_generation"
+    ] == [str(alice.pk)]
