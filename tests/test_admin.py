@@ -123,7 +123,8 @@ def test_generations_are_read_only_and_export_as_csv(staff_client, alice):
         "/admin/usage/generation/",
         {"action": "export_csv", "_selected_action": [str(first.pk)]},
     )
-    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    content = b"".join(response.streaming_content).decode()
+    rows = list(csv.DictReader(io.StringIO(content)))
     assert [r["generation_id"] for r in rows] == [str(first.pk)]
     assert rows[0]["user"] == "alice"
     assert (

@@ -1,6 +1,5 @@
 """The admin as a support tool: each user's usage this cycle, limits, generations, prices."""
 
-import csv
 from decimal import Decimal
 
 from django.conf import settings
@@ -22,13 +21,14 @@ from django.db.models import (
     When,
 )
 from django.db.models.functions import Coalesce
-from django.http import HttpResponse
+from django.http import StreamingHttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from usage import reports
 from usage.cycles import current_cycle_bounds_by_anchor_day
+from usage.exports import csv_lines
 from usage.models import DailyUsage, Generation, ModelPrice, UsageAccount
 from usage.templatetags.money import usd
 
@@ -113,6 +113,19 @@ class BudgetFilter(admin.SimpleListFilter):
         if self.value() == "uncapped":
             return queryset.filter(budget=0)
         return queryset
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """The ledger is written by reserve() and settle() only; staff read it."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 class UsageAccountInline(admin.StackedInline):
@@ -232,7 +245,7 @@ admin.site.register(User, UserAdmin)
 
 
 @admin.register(Generation)
-class GenerationAdmin(admin.ModelAdmin):
+class GenerationAdmin(ReadOnlyAdmin):
     list_display = [
         "created_at",
         "user",
@@ -253,57 +266,14 @@ class GenerationAdmin(admin.ModelAdmin):
     show_full_result_count = False
     actions = ["export_csv"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
     @admin.action(description="Export selected generations as CSV", permissions=["view"])
     def export_csv(self, request, queryset):
-        response = HttpResponse(content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = 'attachment; filename="generations.csv"'
-        writer = csv.writer(response)
-        writer.writerow(
-            [
-                "created_at",
-                "settled_at",
-                "generation_id",
-                "user",
-                "model",
-                "provider",
-                "status",
-                "input_tokens",
-                "cached_input_tokens",
-                "output_tokens",
-                "cost_usd",
-                "cost_estimated",
-                "latency_ms",
-                "error",
-            ]
+        generations = queryset.select_related("user").order_by("created_at")
+        response = StreamingHttpResponse(
+            csv_lines(generations.iterator(chunk_size=2000), settings.USAGE_TIME_ZONE, staff=True),
+            content_type="text/csv; charset=utf-8",
         )
-        for g in queryset.select_related("user").order_by("created_at").iterator():
-            writer.writerow(
-                [
-                    g.created_at.isoformat(),
-                    g.settled_at.isoformat() if g.settled_at else "",
-                    g.id,
-                    g.user.username,
-                    g.model,
-                    g.provider,
-                    g.status,
-                    g.input_tokens,
-                    g.cached_input_tokens,
-                    g.output_tokens,
-                    g.cost,
-                    g.cost_estimated,
-                    g.latency_ms or "",
-                    g.error,
-                ]
-            )
+        response["Content-Disposition"] = 'attachment; filename="generations.csv"'
         self.message_user(request, f"Exported {queryset.count()} generations.")
         return response
 
@@ -331,7 +301,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
 
 @admin.register(DailyUsage)
-class DailyUsageAdmin(admin.ModelAdmin):
+class DailyUsageAdmin(ReadOnlyAdmin):
     list_display = [
         "day",
         "user",
@@ -347,12 +317,3 @@ class DailyUsageAdmin(admin.ModelAdmin):
     search_fields = ["user__username", "user__email"]
     date_hierarchy = "day"
     list_select_related = ["user"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -26,6 +26,15 @@ REPORT_QUANTUM = Decimal("0.000001")  # reports show micro-dollars
 POSTHOG_DOWN_SECONDS = 30  # after a failure, skip PostHog for this long
 
 # https://posthog.com/docs/api/queries : placeholders {name} are bound from "values".
+# A user's $ai_generation events in a cycle (UTC bounds); every query here filters so.
+GENERATIONS_IN_CYCLE = """
+FROM events
+WHERE event = '$ai_generation'
+    AND distinct_id = {distinct_id}
+    AND timestamp >= toDateTime({start}, 'UTC')
+    AND timestamp < toDateTime({end}, 'UTC')
+"""
+
 USAGE_QUERY = """
 SELECT
     toString(toDate(toTimeZone(timestamp, {time_zone}))) AS day,
@@ -36,15 +45,11 @@ SELECT
     coalesce(sum(toInt(properties.$ai_cache_read_input_tokens)), 0) AS cached_input_tokens,
     coalesce(sum(toInt(properties.$ai_output_tokens)), 0) AS output_tokens,
     coalesce(sum(toFloat(properties.$ai_total_cost_usd)), 0) AS cost_usd
-FROM events
-WHERE event = '$ai_generation'
-    AND distinct_id = {distinct_id}
-    AND timestamp >= toDateTime({start}, 'UTC')
-    AND timestamp < toDateTime({end}, 'UTC')
+{GENERATIONS_IN_CYCLE}
 GROUP BY day, model, is_error
 ORDER BY day, model, is_error
 LIMIT 50000
-"""
+""".replace("{GENERATIONS_IN_CYCLE}", GENERATIONS_IN_CYCLE.strip())
 
 
 @dataclass(frozen=True)
@@ -303,9 +308,11 @@ def build_report(
     )
 
 
-def report_for(user, cycle: Cycle | None = None, refresh: bool = False) -> UsageReport:
-    """The user's usage in `cycle` (default: the current one)."""
-    account = account_for(user)
+def report_for(
+    user, cycle: Cycle | None = None, refresh: bool = False, account: UsageAccount | None = None
+) -> UsageReport:
+    """The user's usage in `cycle` (default: the current one). Pass `account` if at hand."""
+    account = account or account_for(user)
     current = cycle_for(account)
     cycle = cycle or current
     spend = spend_for(account, cycle, include_pending=cycle == current)

@@ -1,4 +1,3 @@
-import csv
 from datetime import date
 
 from django.conf import settings
@@ -15,6 +14,7 @@ from chatusage.api import api_view, error
 from usage import reports
 from usage.charts import daily_cost_chart
 from usage.cycles import Cycle, cycle_containing, cycle_for, earlier_cycles
+from usage.exports import csv_lines
 from usage.models import Generation
 
 EARLIER_CYCLES_SHOWN = 12
@@ -48,7 +48,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     except BadCycle as exc:
         messages.error(request, str(exc))
         return redirect("usage:dashboard")
-    report = reports.report_for(request.user, cycle)
+    report = reports.report_for(request.user, cycle, account=account)
     return render(
         request,
         "usage/dashboard.html",
@@ -81,17 +81,12 @@ def refresh(request: HttpRequest) -> HttpResponse:
     if reports.wanted_source() != "posthog":
         messages.info(request, "The ledger is always up to date; nothing to refresh.")
     elif cache.add(f"usage-refresh:{request.user.pk}", 1, settings.USAGE_REFRESH_SECONDS):
-        report = reports.report_for(request.user, cycle, refresh=True)
+        report = reports.report_for(request.user, cycle, refresh=True, account=account)
         if report.source == "posthog":
             messages.success(request, "Fresh numbers from PostHog.")
     else:
         messages.info(request, "These numbers were refreshed less than a minute ago.")
     return redirect(url)
-
-
-class _Echo:
-    def write(self, value):
-        return value
 
 
 def _cycle_generations(user, cycle: Cycle):
@@ -114,42 +109,10 @@ def export_csv(request: HttpRequest) -> HttpResponse:
         cycle = _cycle_from(request, account)
     except BadCycle as exc:
         return HttpResponse(str(exc), status=400, content_type="text/plain")
-    tz = cycle.tz
-    writer = csv.writer(_Echo())
-    header = [
-        "time",
-        "generation_id",
-        "model",
-        "provider",
-        "status",
-        "input_tokens",
-        "cached_input_tokens",
-        "output_tokens",
-        "cost_usd",
-        "cost_estimated",
-        "latency_ms",
-    ]
-
-    def lines():
-        yield writer.writerow(header)
-        for g in _cycle_generations(request.user, cycle).iterator(chunk_size=2000):
-            yield writer.writerow(
-                [
-                    (g.settled_at or g.created_at).astimezone(tz).isoformat(),
-                    g.id,
-                    g.model,
-                    g.provider,
-                    g.status,
-                    g.input_tokens,
-                    g.cached_input_tokens,
-                    g.output_tokens,
-                    g.cost,
-                    g.cost_estimated,
-                    g.latency_ms if g.latency_ms is not None else "",
-                ]
-            )
-
-    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    generations = _cycle_generations(request.user, cycle).iterator(chunk_size=2000)
+    response = StreamingHttpResponse(
+        csv_lines(generations, cycle.tz), content_type="text/csv; charset=utf-8"
+    )
     filename = f"chatusage-{cycle.start_date.isoformat()}.csv"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
@@ -163,4 +126,4 @@ def api_usage(request: HttpRequest) -> HttpResponse:
         cycle = _cycle_from(request, account)
     except BadCycle as exc:
         return error(str(exc), "invalid_cycle", 400)
-    return JsonResponse(reports.report_for(request.user, cycle).as_dict())
+    return JsonResponse(reports.report_for(request.user, cycle, account=account).as_dict())

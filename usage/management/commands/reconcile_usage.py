@@ -10,7 +10,7 @@ from usage import hogql
 from usage.cycles import cycle_containing, cycle_for
 from usage.models import Generation, UsageAccount
 from usage.pricing import MILLION
-from usage.reports import query_values
+from usage.reports import GENERATIONS_IN_CYCLE, query_values
 
 # https://posthog.com/docs/api/queries : one row per generation_id the ledger also knows.
 RECONCILE_QUERY = """
@@ -18,15 +18,11 @@ SELECT
     toString(properties.generation_id) AS generation_id,
     count() AS events,
     coalesce(sum(toFloat(properties.$ai_total_cost_usd)), 0) AS cost_usd
-FROM events
-WHERE event = '$ai_generation'
-    AND distinct_id = {distinct_id}
-    AND timestamp >= toDateTime({start}, 'UTC')
-    AND timestamp < toDateTime({end}, 'UTC')
+{GENERATIONS_IN_CYCLE}
 GROUP BY generation_id
 ORDER BY generation_id
 LIMIT 50000
-"""
+""".replace("{GENERATIONS_IN_CYCLE}", GENERATIONS_IN_CYCLE.strip())
 
 
 def _is_uuid(value: str) -> bool:
