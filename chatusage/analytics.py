@@ -53,8 +53,8 @@ def reset(flush: bool = True) -> None:
         if _client is not None and flush:
             _client.shutdown()
         _client = None
-        for callback in _listeners:
-            callback()
+    for callback in _listeners:  # outside the lock: a listener may be building a client
+        callback()
 
 
 def shutdown() -> None:

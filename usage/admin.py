@@ -145,7 +145,6 @@ class UserAdmin(DjangoUserAdmin):
         "cost_this_cycle",
         "budget_display",
         "budget_used",
-        "is_staff",
     ]
     list_filter = [BudgetFilter, "is_staff", "is_active", "date_joined"]
     search_fields = ["username", "email"]
