@@ -29,6 +29,20 @@ PER_MESSAGE_OVERHEAD_TOKENS = 8
 REPLY_PRIMING_TOKENS = 8
 BYTES_PER_TOKEN_ESTIMATE = 4  # only for answers whose provider reported no usage
 ERROR_TEXT_LIMIT = 2000
+SETTLEMENT_FIELDS = [
+    "user_id",
+    "model",
+    "status",
+    "cost",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "cost_estimated",
+    "latency_ms",
+    "http_status",
+    "settled_at",
+    "error",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,39 @@ class TokenUsage:
     cached_input_tokens: int
     output_tokens: int
     estimated: bool = False
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What settle() recorded on a generation's ledger row."""
+
+    generation_id: UUID
+    user_id: int
+    model: str
+    status: str
+    cost: Decimal
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    cost_estimated: bool
+    latency_ms: int | None
+    http_status: int | None
+    settled_at: datetime
+    error: str = ""
+
+    @property
+    def pk(self) -> UUID:
+        return self.generation_id
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @classmethod
+    def of(cls, generation: Generation) -> "Settlement":
+        return cls(
+            **{f: getattr(generation, f) for f in SETTLEMENT_FIELDS}, generation_id=generation.pk
+        )
 
 
 @dataclass(frozen=True)
@@ -269,7 +316,7 @@ def settle(
     error: str = "",
     latency_ms: int | None = None,
     http_status: int | None = None,
-) -> Generation:
+) -> Settlement:
     """Record what the call really cost and release its reservation. Idempotent.
 
     With `error` (or no usage) the call settles as an error at $0. A row that was
@@ -279,7 +326,15 @@ def settle(
     only ever lowers what reserve() sees as committed.
     """
     now = timezone.now()
-    fields = {"settled_at": now, "latency_ms": latency_ms, "http_status": http_status}
+    fields = {
+        "settled_at": now,
+        "latency_ms": latency_ms,
+        "http_status": http_status,
+        "input_tokens": 0,
+        "cached_input_tokens": 0,
+        "output_tokens": 0,
+        "cost_estimated": False,
+    }
     if error or usage is None:
         fields |= {
             "status": Generation.Status.ERROR,
@@ -305,17 +360,15 @@ def settle(
             status__in=[Generation.Status.PENDING, Generation.Status.ABANDONED],
         ).update(**fields)
         if not won:
-            return Generation.objects.get(pk=reservation.generation_id)
-        generation = Generation(
-            id=reservation.generation_id,
+            return Settlement.of(Generation.objects.get(pk=reservation.generation_id))
+        settlement = Settlement(
+            generation_id=reservation.generation_id,
             user_id=reservation.user_id,
             model=reservation.model,
-            provider=reservation.provider,
-            reserved_cost=reservation.reserved_cost,
             **fields,
         )
-        _add_to_rollup(generation, local_day(now))
-    return generation
+        _add_to_rollup(settlement, local_day(now))
+    return settlement
 
 
 # One statement, the same on SQLite and PostgreSQL: insert the day's row or add to it.
@@ -335,7 +388,7 @@ ON CONFLICT (user_id, day, model) DO UPDATE SET
 """
 
 
-def _add_to_rollup(generation: Generation, day) -> None:
+def _add_to_rollup(generation: Settlement, day) -> None:
     """Add a settled call to its (user, day, model) row of DailyUsage."""
     ok = generation.status == Generation.Status.OK
     with connection.cursor() as cursor:
