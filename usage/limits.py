@@ -188,16 +188,16 @@ def expire_stale_reservations(now: datetime | None = None, user=None) -> int:
 
 def _locked_account(user_id: int) -> UsageAccount:
     """Lock the user's account row for the rest of the transaction (create it if missing)."""
-    account = UsageAccount.objects.select_for_update().filter(user_id=user_id).first()
-    if account is None:
+    try:
+        return UsageAccount.objects.select_for_update().get(user_id=user_id)
+    except UsageAccount.DoesNotExist:
         from django.contrib.auth import get_user_model
 
         user = get_user_model().objects.get(pk=user_id)
         UsageAccount.objects.get_or_create(
             user=user, defaults={"billing_anchor": local_day(user.date_joined)}
         )
-        account = UsageAccount.objects.select_for_update().get(user_id=user_id)
-    return account
+        return UsageAccount.objects.select_for_update().get(user_id=user_id)
 
 
 # The one read on every message's hot path, as plain SQL: built with the ORM (five
