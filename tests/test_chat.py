@@ -469,3 +469,17 @@ def test_shutdown_delivers_queued_events(
     assert [
         e["distinct_id"] for e in batched_events(requests_mock) if e["event"] == "$ai_generation"
     ] == [str(alice.pk)]
+
+
+def test_an_answer_without_usage_is_recorded_at_a_flagged_estimate(
+    alice_client, alice, openai_mock
+):
+    body = {k: v for k, v in OPENAI_COMPLETION.items() if k != "usage"}
+    openai_mock.answer(body=body)
+    response = post(alice_client, {"prompt": "Capital of France?"})
+    assert response.status_code == 200
+    assert response.json()["usage"]["estimated"] is True
+    generation = Generation.objects.get(user=alice)
+    assert generation.status == "ok" and generation.cost_estimated
+    assert generation.output_tokens == 8  # 31 bytes of answer at ~4 bytes a token
+    assert generation.cost > 0

@@ -32,6 +32,7 @@ def test_it_posts_the_query_with_the_personal_key_and_zips_rows(posthog_query, r
     ]
     request = requests_mock.calls[0].request
     assert request.headers["Authorization"] == "Bearer phx_personal_secret_key"
+    assert request.req_kwargs["timeout"] == (3.05, 15.0)  # explicit connect and read timeouts
     assert json.loads(request.body) == {
         "query": {
             "kind": "HogQLQuery",
