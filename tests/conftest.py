@@ -126,6 +126,22 @@ def set_budget(user, budget, message_limit=None):
     account.save()
 
 
+def hold_budget(user, amount, model="gpt-4o-mini"):
+    """A call in flight: a pending ledger row holding `amount` of the user's budget."""
+    from usage.models import Generation
+
+    return Generation.objects.create(
+        user=user,
+        model=model,
+        provider="test",
+        status="pending",
+        reserved_cost=Decimal(amount),
+        price_input_per_1m=0,
+        price_cached_input_per_1m=0,
+        price_output_per_1m=0,
+    )
+
+
 class OpenAIMock:
     """Records every request to the model and answers with `handler` (default: the demo)."""
 

@@ -10,7 +10,7 @@ from django.test import Client, RequestFactory
 
 from chat import views
 from chat.models import Conversation, Message
-from tests.conftest import set_budget
+from tests.conftest import hold_budget, set_budget
 from usage.models import DailyUsage, Generation
 
 API = "/api/chat/"
@@ -355,16 +355,7 @@ def test_a_posthog_outage_never_affects_chat(
 
 def test_the_usage_limit_answers_429_with_spent_budget_and_reset(alice_client, alice, openai_mock):
     set_budget(alice, "0.01")
-    Generation.objects.create(
-        user=alice,
-        model="gpt-4o-mini",
-        provider="openai",
-        status="pending",
-        reserved_cost=Decimal("0.0099999"),
-        price_input_per_1m=0,
-        price_cached_input_per_1m=0,
-        price_output_per_1m=0,
-    )
+    hold_budget(alice, "0.0099999")
     response = post(alice_client, {"prompt": "one more"})
     assert response.status_code == 429
     data = response.json()

@@ -6,6 +6,7 @@ import pytest
 from django.test import Client
 
 from chat.models import Conversation, Message
+from usage.limits import TokenUsage, reserve, settle
 from usage.models import Generation
 
 API_CHAT = "/api/chat/"
@@ -123,15 +124,12 @@ def test_hostile_usage_queries(alice_client, query, status, code):
 
 
 def test_other_users_ids_are_ignored_by_the_usage_api(alice_client, alice, bob):
-    Generation.objects.create(
-        user=bob,
-        model="gpt-4o",
-        provider="openai",
-        status="ok",
-        price_input_per_1m=0,
-        price_cached_input_per_1m=0,
-        price_output_per_1m=0,
+    settle(
+        reserve(bob, "gpt-4o", [{"role": "user", "content": "mine"}], 500), TokenUsage(10, 0, 10)
     )
+    bob_client = Client()
+    bob_client.force_login(bob)
+    assert bob_client.get("/api/usage/").json()["usage"]["messages"] == 1
     for param in ("userId", "user_id", "user", "distinct_id"):
         data = alice_client.get(f"/api/usage/?{param}={bob.pk}").json()
         assert data["usage"]["messages"] == 0

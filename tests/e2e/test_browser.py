@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from usage.models import Generation
+from tests.conftest import hold_budget
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -126,15 +126,7 @@ def test_a_refused_message_keeps_the_prompt_and_offers_a_retry(
     user = django_user_model.objects.create_user("dave", "dave@example.com", PASSWORD)
     user.usage_account.budget_usd = "0.01"
     user.usage_account.save()
-    Generation.objects.create(  # a call in flight already holds the whole budget
-        user=user,
-        model="chatusage-demo",
-        provider="demo",
-        reserved_cost="0.01",
-        price_input_per_1m=0,
-        price_cached_input_per_1m=0,
-        price_output_per_1m=0,
-    )
+    hold_budget(user, "0.01")  # a call in flight already holds the whole budget
     login(page, live_server.url, "dave", PASSWORD)
     page.fill("#prompt", "Keep this prompt, please")
     page.click("#send")
