@@ -2,7 +2,7 @@ import json
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
@@ -105,6 +105,8 @@ def api_chat(request: HttpRequest) -> HttpResponse:
         answer = services.answer(turn)
     except services.ChatError as exc:
         return error(exc.message, exc.code, exc.status, **exc.extra)
+    except Http404:
+        return error("No such conversation.", "not_found", 404)
     return JsonResponse(
         {
             "response": answer.message.content,

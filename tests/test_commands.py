@@ -169,3 +169,39 @@ def test_seed_demo_is_idempotent_and_fills_the_rollups(db, settings):
 def test_seed_demo_refuses_to_run_in_production(db):
     with pytest.raises(CommandError, match="DEBUG"):
         run("seed_demo")
+
+
+def test_reconcile_waits_out_throttling_and_then_succeeds(
+    alice, posthog_query, requests_mock, monkeypatch
+):
+    waits = []
+    monkeypatch.setattr("time.sleep", waits.append)
+    requests_mock.add(
+        responses.POST,
+        posthog_query,
+        status=429,
+        headers={"Retry-After": "7"},
+        json={"type": "throttled_error", "code": "throttled", "detail": "slow down", "attr": None},
+    )
+    requests_mock.add(responses.POST, posthog_query, json=posthog_rows())
+    spend(alice)
+    with pytest.raises(CommandError, match="1 difference"):  # the generation is missing
+        run("reconcile_usage")
+    assert waits == [7]
+
+
+def test_reconcile_stops_with_a_clear_error_on_bad_credentials(alice, posthog_query, requests_mock):
+    requests_mock.add(
+        responses.POST,
+        posthog_query,
+        status=401,
+        json={
+            "type": "authentication_error",
+            "code": "authentication_failed",
+            "detail": "Incorrect authentication credentials.",
+            "attr": None,
+        },
+    )
+    spend(alice)
+    with pytest.raises(CommandError, match="refused the credentials"):
+        run("reconcile_usage")

@@ -1,3 +1,4 @@
+import time
 from datetime import date
 from decimal import Decimal
 from uuid import UUID
@@ -23,6 +24,9 @@ GROUP BY generation_id
 ORDER BY generation_id
 LIMIT 50000
 """.replace("{GENERATIONS_IN_CYCLE}", GENERATIONS_IN_CYCLE.strip())
+
+
+THROTTLE_RETRIES = 3
 
 
 def _is_uuid(value: str) -> bool:
@@ -154,12 +158,7 @@ class Command(BaseCommand):
                 settled_at__lt=cycle.end,
             )
         }
-        result = hogql.run(
-            RECONCILE_QUERY,
-            query_values(account.user_id, cycle, time_zone=False),
-            name="chatusage reconcile",
-            refresh="force_blocking",
-        )
+        result = self._query(account.user_id, cycle)
         seen = {row["generation_id"]: row for row in result.rows}
         name = account.user.get_username()
         problems, missing = [], []
@@ -216,6 +215,27 @@ class Command(BaseCommand):
                     }
                 )
         return {"checked": len(ledger), "problems": problems, "missing": missing}
+
+    def _query(self, user_id, cycle) -> hogql.QueryResult:
+        """One user's events. Outside a web request, so a throttled query waits and retries
+        (PostHog allows 240 queries a minute per project); other failures stop the run."""
+        for attempt in range(THROTTLE_RETRIES + 1):
+            try:
+                return hogql.run(
+                    RECONCILE_QUERY,
+                    query_values(user_id, cycle, time_zone=False),
+                    name="chatusage reconcile",
+                    refresh="force_blocking",
+                )
+            except hogql.PostHogUnavailable as exc:
+                if attempt == THROTTLE_RETRIES:
+                    raise CommandError(f"PostHog is unavailable: {exc}") from exc
+                wait = min(exc.retry_after or 2 ** (attempt + 1), 60)
+                self.stderr.write(f"{exc} Retrying in {wait} s.")
+                time.sleep(wait)
+            except hogql.PostHogError as exc:
+                raise CommandError(str(exc)) from exc
+        raise AssertionError("unreachable")
 
     def _backfill(self, generations) -> int:
         client = analytics.client()
