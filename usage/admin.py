@@ -140,7 +140,7 @@ class UserAdmin(DjangoUserAdmin):
     list_display = [
         "username",
         "email",
-        "date_joined",
+        "joined",
         "messages_this_cycle",
         "cost_this_cycle",
         "budget_display",
@@ -156,6 +156,10 @@ class UserAdmin(DjangoUserAdmin):
 
     def get_queryset(self, request):
         return with_cycle_usage(super().get_queryset(request))
+
+    @admin.display(description="Joined", ordering="date_joined")
+    def joined(self, obj):
+        return obj.date_joined.date()
 
     @admin.display(description="Messages", ordering="cycle_messages")
     def messages_this_cycle(self, obj):
