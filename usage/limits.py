@@ -193,10 +193,7 @@ def _locked_account(user_id: int) -> UsageAccount:
     except UsageAccount.DoesNotExist:
         from django.contrib.auth import get_user_model
 
-        user = get_user_model().objects.get(pk=user_id)
-        UsageAccount.objects.get_or_create(
-            user=user, defaults={"billing_anchor": local_day(user.date_joined)}
-        )
+        UsageAccount.objects.for_user(get_user_model().objects.get(pk=user_id))
         return UsageAccount.objects.select_for_update().get(user_id=user_id)
 
 

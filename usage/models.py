@@ -37,6 +37,17 @@ class ModelPrice(models.Model):
         return self.model
 
 
+class UsageAccountManager(models.Manager):
+    def for_user(self, user) -> "UsageAccount":
+        """The user's account, created (anchored on the day they joined) if missing."""
+        from usage.cycles import local_day
+
+        account, _ = self.get_or_create(
+            user=user, defaults={"billing_anchor": local_day(user.date_joined)}
+        )
+        return account
+
+
 class UsageAccount(models.Model):
     """Per-user limits and the billing anchor. Created with the user."""
 
@@ -56,6 +67,8 @@ class UsageAccount(models.Model):
     message_limit = models.PositiveIntegerField(
         null=True, blank=True, help_text="Per cycle. Empty: the default from settings. 0: no cap."
     )
+
+    objects = UsageAccountManager()
 
     def __str__(self):
         return f"Usage account of {self.user}"

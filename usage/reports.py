@@ -7,7 +7,7 @@ The budget figures always come from the ledger: it is what enforces the budget.
 """
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -115,7 +115,6 @@ class UsageReport:
     as_of: datetime
     note: str = ""  # why the ledger answered although PostHog is wanted
     is_current: bool = True
-    extra: dict = field(default_factory=dict)
 
     @property
     def budget_spent(self) -> Decimal:
@@ -176,14 +175,7 @@ def wanted_source() -> str:
 
 
 def account_for(user) -> UsageAccount:
-    account = UsageAccount.objects.filter(user=user).first()
-    if account is None:
-        from usage.cycles import local_day
-
-        account, _ = UsageAccount.objects.get_or_create(
-            user=user, defaults={"billing_anchor": local_day(user.date_joined)}
-        )
-    return account
+    return UsageAccount.objects.for_user(user)
 
 
 def ledger_rows(user_id: int, cycle: Cycle) -> list[Row]:

@@ -1,7 +1,6 @@
 from django.conf import settings
 from django.db.models.signals import post_save
 from django.dispatch import receiver
-from django.utils import timezone
 
 from usage.models import UsageAccount
 
@@ -10,5 +9,4 @@ from usage.models import UsageAccount
 def create_usage_account(sender, instance, created, raw=False, **kwargs):
     """Every user gets an account anchored on the day they joined."""
     if created and not raw:
-        joined = timezone.localtime(instance.date_joined, settings.USAGE_TIME_ZONE).date()
-        UsageAccount.objects.get_or_create(user=instance, defaults={"billing_anchor": joined})
+        UsageAccount.objects.for_user(instance)
