@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Serve on SQLite with the offline demo model and demo users (see README).
+# Serve on SQLite with the offline demo model and demo users (see README). ASGI, as in
+# production, so answers stream; --reload restarts on code changes.
 run: install
 	DEBUG=true $(BIN)/python manage.py migrate --noinput
 	DEBUG=true $(BIN)/python manage.py seed_demo
-	DEBUG=true $(BIN)/python manage.py runserver $(HOST):$(PORT)
+	DEBUG=true $(BIN)/uvicorn chatusage.asgi:application --host $(HOST) --port $(PORT) --reload
 
 # Debian's Chromium and ChromeDriver for the browser tests (Playwright drives it).
 browser:

@@ -1,14 +1,22 @@
-"""gunicorn settings for chatusage: `gunicorn -c gunicorn.conf.py chatusage.wsgi`."""
+"""gunicorn settings for chatusage. Production is one command: `gunicorn -c gunicorn.conf.py`.
+
+ASGI under uvicorn's gunicorn worker: model answers stream for seconds to minutes, so each
+worker serves every conversation from one event loop instead of one thread per stream.
+"""
 
 import os
 
+wsgi_app = "chatusage.asgi:application"
+worker_class = "uvicorn_worker.UvicornWorker"
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-worker_class = "gthread"  # threads keep streamed answers from blocking a whole worker
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
-graceful_timeout = 30
-accesslog = "-"
+# Seconds a worker may go without a heartbeat; async workers beat while streams wait.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+# On SIGTERM, streams in flight get this long to finish; a call cut by the kill leaves a
+# pending reservation that expiry releases once OPENAI_DEADLINE and its margin have passed.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+keepalive = 5
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 
 
 def worker_exit(server, worker):

@@ -6,10 +6,13 @@ production: same request, same JSON, same server-sent events, same `usage`
 block (including the final usage chunk of a stream), just no network.
 """
 
+import asyncio
 import json
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx2
 from django.conf import settings
@@ -76,12 +79,11 @@ def _chunk(completion_id: str, model: str, created: int, delta: dict, finish=Non
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
-def _stream(completion_id, model, created, answer, finish, usage, include_usage, delay):
+def stream_chunks(completion_id, model, created, answer, finish, usage, include_usage):
+    """The server-sent event frames of a streamed answer, one word a frame."""
     yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""})
     pieces = answer.split(" ")
     for index, word in enumerate(pieces):
-        if delay:
-            time.sleep(delay)
         text = word if index == len(pieces) - 1 else word + " "
         yield _chunk(completion_id, model, created, {"content": text})
     yield _chunk(completion_id, model, created, {}, finish=finish)
@@ -90,15 +92,25 @@ def _stream(completion_id, model, created, answer, finish, usage, include_usage,
     yield b"data: [DONE]\n\n"
 
 
-def handle(request: httpx2.Request) -> httpx2.Response:
-    if not request.url.path.endswith("/chat/completions"):
-        return httpx2.Response(404, json={"error": {"message": "Unknown endpoint"}})
+@dataclass(frozen=True)
+class Reply:
+    """What the demo model answers to one request: a JSON body, or stream frames."""
+
+    status: int
+    json: dict | None = None
+    frames: list[bytes] | None = None
+
+
+def reply(content: bytes, path: str = "/v1/chat/completions") -> Reply:
+    """Answer one chat-completions request body in OpenAI's wire format."""
+    if not path.endswith("/chat/completions"):
+        return Reply(404, {"error": {"message": "Unknown endpoint"}})
     try:
-        body = json.loads(request.content)
+        body = json.loads(content)
         messages = body["messages"]
     except (ValueError, KeyError, TypeError):
-        return httpx2.Response(
-            400, json={"error": {"message": "Invalid JSON body", "type": "invalid_request_error"}}
+        return Reply(
+            400, {"error": {"message": "Invalid JSON body", "type": "invalid_request_error"}}
         )
     model = body.get("model", settings.DEMO_MODEL)
     answer, completion_tokens, finish = cap_answer(
@@ -109,23 +121,11 @@ def handle(request: httpx2.Request) -> httpx2.Response:
     created = int(time.time())
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return httpx2.Response(
-            200,
-            headers={"content-type": "text/event-stream"},
-            content=_stream(
-                completion_id,
-                model,
-                created,
-                answer,
-                finish,
-                usage,
-                include_usage,
-                settings.DEMO_STREAM_DELAY,
-            ),
-        )
-    return httpx2.Response(
+        frames = stream_chunks(completion_id, model, created, answer, finish, usage, include_usage)
+        return Reply(200, frames=list(frames))
+    return Reply(
         200,
-        json={
+        {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
@@ -143,5 +143,24 @@ def handle(request: httpx2.Request) -> httpx2.Response:
     )
 
 
-def http_client() -> httpx2.Client:
-    return httpx2.Client(transport=httpx2.MockTransport(handle))
+async def _paced(frames: list[bytes], delay: float) -> AsyncIterator[bytes]:
+    for index, frame in enumerate(frames):
+        if delay and 0 < index < len(frames) - 1:
+            await asyncio.sleep(delay)  # a word at a time, as a real model streams
+        yield frame
+
+
+async def handle(request: httpx2.Request) -> httpx2.Response:
+    """The async MockTransport handler the demo client (and the tests) use."""
+    answer = reply(request.content, request.url.path)
+    if answer.frames is not None:
+        return httpx2.Response(
+            answer.status,
+            headers={"content-type": "text/event-stream"},
+            content=_paced(answer.frames, settings.DEMO_STREAM_DELAY),
+        )
+    return httpx2.Response(answer.status, json=answer.json)
+
+
+def http_client() -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(transport=httpx2.MockTransport(handle))

@@ -1,17 +1,19 @@
-"""The one module that talks to the model provider (and builds the PostHog capture client).
+"""The one module that talks to the model provider.
 
-Every call goes through PostHog's OpenAI wrapper, which captures an
-`$ai_generation` event with the user's id as distinct id. Clients are built once
-per process. Failures become ProviderError with a message fit for the user;
-the provider's own text (which can echo a masked key) only goes to the log
-as an exception class and status.
+Every call goes through PostHog's async OpenAI wrapper, which captures an
+`$ai_generation` event with the user's id as distinct id. Each call has a hard
+deadline (OPENAI_DEADLINE) that holds across the SDK's retries, its Retry-After
+waits and every chunk of a stream. Failures become ProviderError with a message
+fit for the user; the provider's own text (which can echo a masked key) only goes
+to the log as an exception class and status.
 https://platform.openai.com/docs/api-reference/chat/create
 """
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
+import weakref
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -19,7 +21,7 @@ from uuid import UUID
 import httpx2
 import openai
 from django.conf import settings
-from posthog.ai.openai import OpenAI
+from posthog.ai.openai import AsyncOpenAI
 
 from chat import demo
 from chatusage import analytics
@@ -67,50 +69,65 @@ def current_provider() -> Provider:
     return Provider("openai", settings.OPENAI_MODEL, demo=False)
 
 
-_lock = threading.RLock()
-_client: OpenAI | None = None
-_http_client: httpx2.Client | None = None  # set by tests and benchmarks to mock OpenAI
+def deadline() -> float:
+    """The monotonic time by which a call starting now must be over."""
+    return time.monotonic() + settings.OPENAI_DEADLINE
 
 
-def client() -> OpenAI:
-    global _client
+# One wrapped client per event loop: an async HTTP connection pool belongs to the loop it
+# was opened on. Under uvicorn a worker has one loop, so one client; a dev server or a test
+# that runs each request on a new loop gets a fresh one instead of a pool from a dead loop.
+_lock = threading.Lock()
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI]" = (
+    weakref.WeakKeyDictionary()
+)
+_http_client: httpx2.AsyncClient | None = None  # set by tests and benchmarks to mock OpenAI
+
+
+def _build_client() -> AsyncOpenAI:
+    provider = current_provider()
+    options = {
+        "posthog_client": analytics.client(),
+        # Each connect or read; the whole call is bounded by the deadline on top.
+        "timeout": min(settings.OPENAI_TIMEOUT, settings.OPENAI_DEADLINE),
+        "max_retries": MAX_RETRIES,
+    }
+    if provider.demo:
+        options.update(api_key="demo", base_url=demo.DEMO_BASE_URL)
+        options["http_client"] = _http_client or demo.http_client()
+    else:
+        options["api_key"] = settings.OPENAI_API_KEY
+        if settings.OPENAI_BASE_URL:
+            options["base_url"] = settings.OPENAI_BASE_URL
+        if _http_client is not None:
+            options["http_client"] = _http_client
+    return AsyncOpenAI(**options)
+
+
+def client() -> AsyncOpenAI:
+    loop = asyncio.get_running_loop()
     with _lock:
-        if _client is None:
-            provider = current_provider()
-            options = {
-                "posthog_client": analytics.client(),
-                "timeout": settings.OPENAI_TIMEOUT,
-                "max_retries": MAX_RETRIES,
-            }
-            if provider.demo:
-                options.update(api_key="demo", base_url=demo.DEMO_BASE_URL)
-                options["http_client"] = _http_client or demo.http_client()
-            else:
-                options["api_key"] = settings.OPENAI_API_KEY
-                if settings.OPENAI_BASE_URL:
-                    options["base_url"] = settings.OPENAI_BASE_URL
-                if _http_client is not None:
-                    options["http_client"] = _http_client
-            _client = OpenAI(**options)
-        return _client
+        wrapped = _clients.get(loop)
+        if wrapped is None:
+            wrapped = _clients[loop] = _build_client()
+        return wrapped
 
 
-def use_http_client(http_client: httpx2.Client | None) -> None:
+def use_http_client(http_client: httpx2.AsyncClient | None) -> None:
     """Send OpenAI's HTTP through `http_client` (an httpx2 MockTransport in tests), or stop."""
-    global _http_client, _client
+    global _http_client
     with _lock:
         _http_client = http_client
-        _client = None
+        _clients.clear()
 
 
-def _drop_client() -> None:
-    global _client
+def _drop_clients() -> None:
     with _lock:
-        _client = None
+        _clients.clear()
 
 
-# A new capture client (settings changed) means a new wrapped OpenAI client too.
-analytics.on_reset(_drop_client)
+# A new capture client (settings changed) means new wrapped OpenAI clients too.
+analytics.on_reset(_drop_clients)
 
 
 def _call_options(
@@ -153,10 +170,29 @@ def _usage(raw) -> TokenUsage | None:
     return TokenUsage(raw.prompt_tokens, cached, raw.completion_tokens)
 
 
-def provider_error(exc: Exception) -> ProviderError:
+def deadline_error() -> ProviderError:
+    log.warning("Model call stopped at its deadline (%ss)", settings.OPENAI_DEADLINE)
+    return ProviderError(
+        "deadline_exceeded",
+        f"The model took longer than {settings.OPENAI_DEADLINE:g} seconds, the limit for one "
+        "answer, and was stopped.",
+        504,
+    )
+
+
+def _remaining(until: float) -> float:
+    return until - time.monotonic()
+
+
+def provider_error(exc: Exception, mid_stream: bool = False) -> ProviderError:
     """Map an OpenAI SDK (or parsing) failure onto what we tell the user."""
     status = getattr(exc, "status_code", None)
     log.warning("Model provider call failed: %s (HTTP %s)", type(exc).__name__, status)
+    if mid_stream and isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
+        return ProviderError(
+            "provider_disconnected",
+            "The connection to the model provider broke off mid-answer. Please try again.",
+        )
     if isinstance(exc, openai.APITimeoutError):
         return ProviderError(
             "provider_timeout", "The model did not answer in time. Please try again.", 504
@@ -195,15 +231,18 @@ def provider_error(exc: Exception) -> ProviderError:
     )
 
 
-def complete(messages: list[dict], **context) -> Completion:
-    """One non-streaming chat completion."""
+async def complete(messages: list[dict], *, until: float, **context) -> Completion:
+    """One non-streaming chat completion, over by `until` (monotonic) whatever happens."""
     provider = current_provider()
     options = _call_options(provider, messages, **context)
     started = time.monotonic()
     try:
-        response = client().chat.completions.create(**options)
+        async with asyncio.timeout(_remaining(until)):
+            response = await client().chat.completions.create(**options)
         choice = response.choices[0]
         text = choice.message.content or ""
+    except TimeoutError as exc:
+        raise deadline_error() from exc
     except (openai.OpenAIError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise provider_error(exc) from exc
     return Completion(
@@ -216,30 +255,48 @@ def complete(messages: list[dict], **context) -> Completion:
 
 @dataclass
 class Stream:
-    """Text deltas of a streamed completion; `result` once it is exhausted."""
+    """Text deltas of a streamed completion (`async for`); `result` once it is exhausted.
+
+    Each wait for the next chunk is bounded by what is left of the call's deadline.
+    """
 
     _stream: object
     _started: float
+    _until: float
     parts: list[str] = field(default_factory=list)
     usage: TokenUsage | None = None
     finish_reason: str | None = None
     result: Completion | None = None
 
-    def __iter__(self) -> Iterator[str]:
-        try:
-            for chunk in self._stream:
-                if chunk.usage is not None:
-                    self.usage = _usage(chunk.usage)
-                for choice in chunk.choices or []:
-                    if choice.finish_reason:
-                        self.finish_reason = choice.finish_reason
-                    delta = choice.delta.content if choice.delta else None
-                    if delta:
-                        self.parts.append(delta)
-                        yield delta
-        except (openai.OpenAIError, httpx2.HTTPError, ValueError, KeyError, TypeError) as exc:
-            raise provider_error(exc) from exc
-        self.result = Completion(
+    def __aiter__(self) -> "Stream":
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            try:
+                async with asyncio.timeout(_remaining(self._until)):
+                    chunk = await anext(self._stream)
+            except StopAsyncIteration:
+                self.result = self.completion()
+                raise
+            except TimeoutError as exc:
+                raise deadline_error() from exc
+            except (openai.OpenAIError, httpx2.HTTPError, ValueError, KeyError, TypeError) as exc:
+                raise provider_error(exc, mid_stream=True) from exc
+            if chunk.usage is not None:
+                self.usage = _usage(chunk.usage)
+            delta = ""
+            for choice in chunk.choices or []:
+                if choice.finish_reason:
+                    self.finish_reason = choice.finish_reason
+                delta += (choice.delta.content if choice.delta else None) or ""
+            if delta:
+                self.parts.append(delta)
+                return delta
+
+    def completion(self) -> Completion:
+        """What has arrived so far (all of it once the stream is exhausted)."""
+        return Completion(
             text=self.text,
             usage=self.usage,
             latency_ms=self.latency_ms,
@@ -254,20 +311,24 @@ class Stream:
     def latency_ms(self) -> int:
         return round((time.monotonic() - self._started) * 1000)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Stop early: the wrapper then captures its event (without token counts)."""
-        close = getattr(self._stream, "close", None)
-        if close is not None:
-            close()
+        try:
+            await self._stream.close()
+        except Exception:  # the provider connection may already be broken; nothing to keep
+            log.debug("Closing a model stream failed", exc_info=True)
 
 
-def stream(messages: list[dict], **context) -> Stream:
+async def stream(messages: list[dict], *, until: float, **context) -> Stream:
     """A streaming chat completion; the wrapper asks for the final usage chunk itself."""
     provider = current_provider()
     options = _call_options(provider, messages, **context)
     started = time.monotonic()
     try:
-        raw = client().chat.completions.create(stream=True, **options)
+        async with asyncio.timeout(_remaining(until)):
+            raw = await client().chat.completions.create(stream=True, **options)
+    except TimeoutError as exc:
+        raise deadline_error() from exc
     except (openai.OpenAIError, ValueError, TypeError) as exc:
         raise provider_error(exc) from exc
-    return Stream(raw, started)
+    return Stream(raw, started, until)

@@ -36,8 +36,10 @@ class Message(models.Model):
     generation_id = models.UUIDField(null=True, blank=True)
     # A user prompt whose call failed: kept, shown with a retry button, not sent as history.
     failed = models.BooleanField(default=False)
-    # An answer cut short (the client went away mid-stream).
+    # An answer cut short (the client went away, the provider failed or the deadline hit).
     interrupted = models.BooleanField(default=False)
+    # Why an answer was cut short by a failure, shown beside what had arrived.
+    error = models.CharField(max_length=300, blank=True)
     demo = models.BooleanField(default=False, help_text="Answered by the offline demo model.")
 
     class Meta:

@@ -1,9 +1,15 @@
 """A chat turn: validate, save the prompt, reserve, call, settle, save the answer.
 
-Views call these; they never touch the ledger or the provider themselves.
+Views call these; they never touch the ledger or the provider themselves. The call
+itself is async and holds no database connection: the ledger and message writes
+around it are short steps (chatusage.db.step). Every way a turn can end settles its
+reservation exactly once: an answer, a provider error, the deadline, the client going
+away before or during the stream. Only a killed worker leaves a pending row, and expiry
+releases it once no call could still be running (usage.limits.stale_before).
 """
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -15,6 +21,7 @@ from django.utils import timezone
 
 from chat import llm
 from chat.models import Conversation, Message
+from chatusage.db import step
 from usage import limits
 from usage.pricing import UnknownModelError
 
@@ -40,6 +47,7 @@ class Turn:
     messages: list[dict]
     reservation: limits.Reservation
     provider: llm.Provider
+    streaming: bool = False  # stream_events() has started: it settles, however it ends
 
 
 def clean_prompt(value) -> str:
@@ -103,7 +111,7 @@ def _save_prompt(conversation: Conversation, text: str) -> Message:
     return conversation.messages.create(role=Message.Role.USER, content=text, failed=True)
 
 
-def start_turn(user, prompt_text, conversation_id=None) -> Turn:
+def _start_turn(user, prompt_text, conversation_id=None) -> Turn:
     """Validate and save the prompt, then reserve budget for the call.
 
     The prompt is saved (marked failed until answered) before anything can refuse
@@ -142,6 +150,10 @@ def start_turn(user, prompt_text, conversation_id=None) -> Turn:
     return Turn(conversation, prompt, messages, reservation, provider)
 
 
+async def start_turn(user, prompt_text, conversation_id=None) -> Turn:
+    return await step(_start_turn, user, prompt_text, conversation_id)
+
+
 def _call_context(turn: Turn) -> dict:
     return {
         "user_id": turn.reservation.user_id,
@@ -159,13 +171,19 @@ class Answer:
     usage: dict
 
 
-def _finish(turn: Turn, completion: llm.Completion, interrupted: bool = False) -> Answer:
+def _finish(
+    turn: Turn,
+    completion: llm.Completion,
+    interrupted: bool = False,
+    error: llm.ProviderError | None = None,
+) -> Answer:
+    """Settle what was delivered and save it as the answer (cut short when interrupted)."""
     usage = completion.usage or limits.estimate_usage(turn.reservation, completion.text)
     generation = limits.settle(
         turn.reservation,
         usage,
         latency_ms=completion.latency_ms,
-        http_status=completion.http_status,
+        http_status=error.http_status if error else completion.http_status,
     )
     with transaction.atomic():
         Message.objects.filter(pk=turn.prompt.pk).update(failed=False)
@@ -174,6 +192,7 @@ def _finish(turn: Turn, completion: llm.Completion, interrupted: bool = False) -
             content=completion.text,
             generation_id=generation.pk,
             interrupted=interrupted,
+            error=error.message if error else "",
             demo=turn.provider.demo,
         )
         Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=timezone.now())
@@ -206,25 +225,39 @@ def _fail(turn: Turn, error: llm.ProviderError, latency_ms: int | None = None) -
     )
 
 
-def answer(turn: Turn) -> Answer:
+NOT_ANSWERED = "The client went away before an answer."
+
+
+async def _settle(fn, *args, **kwargs):
+    """A settling step that finishes even if the request is cancelled meanwhile.
+
+    A client that goes away cancels the request's task; the write still completes (in
+    its own task) and the cancellation is re-raised to the caller afterwards.
+    """
+    return await asyncio.shield(step(fn, *args, **kwargs))
+
+
+async def answer(turn: Turn) -> Answer:
     """Call the model without streaming and settle. Raises ChatError on provider failure."""
     try:
-        completion = llm.complete(turn.messages, **_call_context(turn))
+        completion = await llm.complete(turn.messages, until=llm.deadline(), **_call_context(turn))
     except llm.ProviderError as exc:
-        raise _fail(turn, exc) from exc
-    except BaseException:
-        limits.settle(turn.reservation, error="Interrupted before the model answered.")
+        raise await _settle(_fail, turn, exc) from exc
+    except BaseException:  # cancelled: the client went away while the model worked
+        await _settle(limits.settle, turn.reservation, error=NOT_ANSWERED)
         raise
-    return _finish(turn, completion)
+    return await _settle(_finish, turn, completion)
 
 
-def stream_events(turn: Turn) -> Iterator[tuple[str, dict]]:
+async def stream_events(turn: Turn) -> AsyncIterator[tuple[str, dict]]:
     """(event, data) pairs for server-sent events. Settles however the stream ends.
 
-    When the client goes away mid-stream the server closes this generator; the
-    finally block then settles what was delivered (estimated, flagged) so no
-    reservation is left behind.
+    A provider error or the deadline after some text settles what was delivered
+    (estimated, flagged), keeps it as the answer and reports the error beside it. When
+    the client goes away the server cancels or closes this generator; the finally block
+    then settles what was delivered the same way, so no reservation is left behind.
     """
+    turn.streaming = True
     settled = False
     stream = None
     try:
@@ -237,32 +270,43 @@ def stream_events(turn: Turn) -> Iterator[tuple[str, dict]]:
                 "demo": turn.provider.demo,
             },
         )
-        stream = llm.stream(turn.messages, **_call_context(turn))
-        for delta in stream:
+        stream = await llm.stream(turn.messages, until=llm.deadline(), **_call_context(turn))
+        async for delta in stream:
             yield "delta", {"text": delta}
-        done = _finish(turn, stream.result)
-        settled = True
-        yield (
-            "done",
-            {
-                "conversation_id": str(done.conversation.pk),
-                "response": done.message.content,
-                "usage": done.usage,
-            },
-        )
+        settled = True  # set first: the shielded step completes even if we are cancelled
+        done = await _settle(_finish, turn, stream.result)
+        yield "done", _done_event(done)
     except llm.ProviderError as exc:
-        error = _fail(turn, exc, stream.latency_ms if stream else None)
-        settled = True
-        yield "error", error.as_dict()
+        if stream is not None:
+            await asyncio.shield(stream.close())
+        if stream is not None and stream.parts:
+            settled = True
+            partial = await _settle(_finish, turn, stream.completion(), True, exc)
+            yield "error", {"error": exc.message, "code": exc.code, **_done_event(partial)}
+        else:
+            settled = True
+            error = await _settle(_fail, turn, exc, stream.latency_ms if stream else None)
+            yield "error", error.as_dict()
     finally:
         if not settled:
             if stream is not None:
-                stream.close()
+                await asyncio.shield(stream.close())
             if stream is not None and stream.parts:
-                _finish(
-                    turn,
-                    llm.Completion(stream.text, stream.usage, stream.latency_ms),
-                    interrupted=True,
-                )
+                await _settle(_finish, turn, stream.completion(), True)
             else:
-                limits.settle(turn.reservation, error="The client went away before an answer.")
+                await _settle(limits.settle, turn.reservation, error=NOT_ANSWERED)
+
+
+def _done_event(answer: Answer) -> dict:
+    return {
+        "conversation_id": str(answer.conversation.pk),
+        "response": answer.message.content,
+        "interrupted": answer.message.interrupted,
+        "usage": answer.usage,
+    }
+
+
+def release_unstarted(turn: Turn) -> None:
+    """Settle a streamed turn whose response was closed before its stream began."""
+    if not turn.streaming:
+        limits.settle(turn.reservation, error=NOT_ANSWERED)

@@ -1,5 +1,9 @@
+"""Chat pages and /api/chat/. The views that call the model are async: a streamed answer
+holds no thread and no database connection while the model works (chat/services.py)."""
+
 import json
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -10,20 +14,20 @@ from chat import services
 from chat.models import Conversation
 from chatusage import ratelimit
 from chatusage.api import api_view, error, json_body
-
-RATE_LIMITED = services.ChatError(
-    "rate_limited", "Too many messages in a short time. Wait a moment and try again.", 429
-)
+from chatusage.db import step
 
 
-def _check_rate(user) -> None:
-    if not ratelimit.hit(f"chat:{user.pk}"):
-        raise RATE_LIMITED
+async def _check_rate(user) -> None:
+    if not await sync_to_async(ratelimit.hit)(f"chat:{user.pk}"):
+        # A new error each time: a shared instance would chain every request's traceback.
+        raise services.ChatError(
+            "rate_limited", "Too many messages in a short time. Wait a moment and try again.", 429
+        )
 
 
 def _page(request, conversation=None, *, prompt="", error_message="", status=200):
     conversations = Conversation.objects.filter(user=request.user).only("id", "title")[:50]
-    messages = conversation.messages.all() if conversation else []
+    messages = list(conversation.messages.all()) if conversation else []
     return render(
         request,
         "chat/chat.html",
@@ -38,47 +42,85 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
     )
 
 
-def _post_without_js(request, conversation):
+async def _post_without_js(request, conversation):
     """The plain form: post, redirect, the page shows the answer (or the error and the prompt)."""
     prompt = request.POST.get("prompt", "")
     try:
-        _check_rate(request.user)
-        turn = services.start_turn(request.user, prompt, conversation.pk if conversation else None)
-        answer = services.answer(turn)
+        await _check_rate(request.user)
+        turn = await services.start_turn(
+            request.user, prompt, conversation.pk if conversation else None
+        )
+        answer = await services.answer(turn)
     except services.ChatError as exc:
         conversation_id = exc.extra.get("conversation_id")
         if conversation is None and conversation_id:
-            conversation = services.conversation_for(request.user, conversation_id)
-        return _page(
-            request, conversation, prompt=prompt, error_message=exc.message, status=exc.status
+            conversation = await step(services.conversation_for, request.user, conversation_id)
+        return await step(
+            _page,
+            request,
+            conversation,
+            prompt=prompt,
+            error_message=exc.message,
+            status=exc.status,
         )
     return redirect("chat:conversation", conversation_id=answer.conversation.pk)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def index(request: HttpRequest) -> HttpResponse:
+async def index(request: HttpRequest) -> HttpResponse:
+    request.user = await request.auser()
     if request.method == "POST":
-        return _post_without_js(request, None)
-    return _page(request)
+        return await _post_without_js(request, None)
+    return await step(_page, request)
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def conversation(request: HttpRequest, conversation_id) -> HttpResponse:
-    conv = services.conversation_for(request.user, conversation_id)
+async def conversation(request: HttpRequest, conversation_id) -> HttpResponse:
+    request.user = await request.auser()
+    conv = await step(services.conversation_for, request.user, conversation_id)
     if request.method == "POST":
-        return _post_without_js(request, conv)
-    return _page(request, conv)
+        return await _post_without_js(request, conv)
+    return await step(_page, request, conv)
 
 
-def _sse(events):
-    for event, data in events:
+async def _sse(events):
+    async for event, data in events:
         yield f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
+class EventStreamResponse(StreamingHttpResponse):
+    """A turn's server-sent events. However the response ends, the turn is settled.
+
+    Django's ASGI handler closes the iterator it got from __aiter__ when the client goes
+    away, so that close is passed on to the turn's generator at once (its finally settles
+    what was delivered). A response closed before the stream began settles in close().
+    """
+
+    def __init__(self, turn: services.Turn):
+        self._turn = turn
+        self._events = services.stream_events(turn)
+        super().__init__(_sse(self._events), content_type="text/event-stream")
+        self["Cache-Control"] = "no-cache"
+        self["X-Accel-Buffering"] = "no"  # let nginx pass tokens through as they come
+
+    async def __aiter__(self):
+        try:
+            async for part in super().__aiter__():
+                yield part
+        finally:
+            await self._events.aclose()
+
+    def close(self):
+        try:
+            services.release_unstarted(self._turn)
+        finally:
+            super().close()
+
+
 @api_view(("POST",))
-def api_chat(request: HttpRequest) -> HttpResponse:
+async def api_chat(request: HttpRequest) -> HttpResponse:
     """POST {"prompt", "conversation_id"?, "stream"?} -> {"response", "conversation_id", ...}."""
     try:
         body = json_body(request)
@@ -93,16 +135,11 @@ def api_chat(request: HttpRequest) -> HttpResponse:
     if not isinstance(stream, bool):
         return error("stream must be true or false.", "invalid_stream", 400)
     try:
-        _check_rate(request.user)
-        turn = services.start_turn(request.user, body.get("prompt"), conversation_id)
+        await _check_rate(request.user)
+        turn = await services.start_turn(request.user, body.get("prompt"), conversation_id)
         if stream:
-            response = StreamingHttpResponse(
-                _sse(services.stream_events(turn)), content_type="text/event-stream"
-            )
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"  # let nginx pass tokens through as they come
-            return response
-        answer = services.answer(turn)
+            return EventStreamResponse(turn)
+        answer = await services.answer(turn)
     except services.ChatError as exc:
         return error(exc.message, exc.code, exc.status, **exc.extra)
     except Http404:

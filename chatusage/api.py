@@ -3,6 +3,7 @@
 import json
 from functools import wraps
 
+from asgiref.sync import iscoroutinefunction
 from django.http import JsonResponse
 
 
@@ -10,18 +11,42 @@ def error(message: str, code: str, status: int, **extra) -> JsonResponse:
     return JsonResponse({"error": message, "code": code, **extra}, status=status)
 
 
+def _method_not_allowed(methods: tuple[str, ...]) -> JsonResponse:
+    response = error(f"Use {' or '.join(methods)}.", "method_not_allowed", 405)
+    response["Allow"] = ", ".join(methods)
+    return response
+
+
+def _not_authenticated() -> JsonResponse:
+    return error("Log in first.", "not_authenticated", 401)
+
+
 def api_view(methods: tuple[str, ...]):
-    """Login required (401 JSON) and allowed methods (405 JSON) for an /api/ view."""
+    """Login required (401 JSON) and allowed methods (405 JSON) for an /api/ view.
+
+    Works on sync and async views; an async view finds the user loaded in request.user.
+    """
 
     def decorator(view):
+        if iscoroutinefunction(view):
+
+            @wraps(view)
+            async def async_wrapper(request, *args, **kwargs):
+                if request.method not in methods:
+                    return _method_not_allowed(methods)
+                request.user = await request.auser()
+                if not request.user.is_authenticated:
+                    return _not_authenticated()
+                return await view(request, *args, **kwargs)
+
+            return async_wrapper
+
         @wraps(view)
         def wrapper(request, *args, **kwargs):
             if request.method not in methods:
-                response = error(f"Use {' or '.join(methods)}.", "method_not_allowed", 405)
-                response["Allow"] = ", ".join(methods)
-                return response
+                return _method_not_allowed(methods)
             if not request.user.is_authenticated:
-                return error("Log in first.", "not_authenticated", 401)
+                return _not_authenticated()
             return view(request, *args, **kwargs)
 
         return wrapper

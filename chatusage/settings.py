@@ -91,8 +91,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
 else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
-    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    # Django's own pool (psycopg_pool), one per worker process. The chat path returns its
+    # connection to the pool after every short ledger step, so hundreds of streams waiting
+    # on the model hold no connection: a worker never uses more than DB_POOL_MAX_SIZE.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections, not Django
+    # With a pool, Django checks each connection at checkout (one empty round trip): after a
+    # database restart or failover the pool hands out a fresh one, not a dead one (a 500).
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
+        "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -172,9 +182,15 @@ OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 OPENAI_MODEL = env.str("OPENAI_MODEL", default="gpt-4o-mini")
 OPENAI_MAX_TOKENS = env.int("OPENAI_MAX_TOKENS", default=500)
-OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=30.0)
-if OPENAI_MAX_TOKENS < 1 or OPENAI_TIMEOUT <= 0:
-    raise ImproperlyConfigured("OPENAI_MAX_TOKENS and OPENAI_TIMEOUT must be positive.")
+OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=30.0)  # one connect or read
+# The hard limit on one call, retries, Retry-After waits and streaming included. A
+# reservation outlives it by RESERVATION_MARGIN_SECONDS, so no live call loses its hold.
+OPENAI_DEADLINE = env.float("OPENAI_DEADLINE", default=120.0)
+RESERVATION_MARGIN_SECONDS = 60
+if OPENAI_MAX_TOKENS < 1 or OPENAI_TIMEOUT <= 0 or OPENAI_DEADLINE <= 0:
+    raise ImproperlyConfigured(
+        "OPENAI_MAX_TOKENS, OPENAI_TIMEOUT and OPENAI_DEADLINE must be positive."
+    )
 # The model the offline demo answers as; priced like gpt-4o-mini in the price table.
 DEMO_MODEL = "chatusage-demo"
 DEMO_STREAM_DELAY = env.float("DEMO_STREAM_DELAY", default=0.02)

@@ -147,7 +147,7 @@ class OpenAIMock:
 
     def __init__(self):
         self.requests: list[dict] = []
-        self.handler: Callable[[httpx2.Request], httpx2.Response] = demo.handle
+        self.handler: Callable = demo.handle  # sync or async, as httpx2's MockTransport takes
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         self.requests.append(json.loads(request.content))
@@ -174,7 +174,7 @@ def openai_mock(settings) -> OpenAIMock:
     settings.OPENAI_API_KEY = "sk-test-not-a-real-key"
     settings.OPENAI_MODEL = "gpt-4o-mini"
     mock = OpenAIMock()
-    llm.use_http_client(httpx2.Client(transport=httpx2.MockTransport(mock)))  # survives resets
+    llm.use_http_client(httpx2.AsyncClient(transport=httpx2.MockTransport(mock)))  # survives resets
     return mock
 
 

@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import httpx2
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
 from django.core.signals import request_finished
 from django.db import close_old_connections
 from django.test import Client, RequestFactory
@@ -40,8 +41,7 @@ def post(client, body, **extra):
     return client.post(API, json.dumps(body), content_type="application/json", **extra)
 
 
-def sse_events(response) -> list[tuple[str, dict]]:
-    text = b"".join(response.streaming_content).decode()
+def parse_sse(text: str) -> list[tuple[str, dict]]:
     events = []
     for frame in text.strip().split("\n\n"):
         lines = dict(line.split(": ", 1) for line in frame.split("\n"))
@@ -49,24 +49,37 @@ def sse_events(response) -> list[tuple[str, dict]]:
     return events
 
 
-def stream_directly(user, prompt):
-    """The streaming response as a WSGI server gets it (no test-client wrapper around it)."""
+def sse_events(response) -> list[tuple[str, dict]]:
+    """Read a streamed answer to its end, as the ASGI server does (async iteration)."""
+
+    async def read():
+        return b"".join([part async for part in response])
+
+    return parse_sse(async_to_sync(read)().decode())
+
+
+async def stream_directly(user, prompt):
+    """The streaming response as the ASGI handler gets it (no test-client wrapper around it)."""
     request = RequestFactory().post(
         API, json.dumps({"prompt": prompt, "stream": True}), content_type="application/json"
     )
     request.user = user
-    return views.api_chat(request)
+    request.auser = sync_to_async(lambda: user)
+    return await views.api_chat(request)
 
 
-def client_goes_away(response):
-    """What a WSGI server does when the browser disconnects: close the response.
+async def client_goes_away(response, parts=None):
+    """What the ASGI handler does when the browser disconnects: close the body iterator it was
+    reading, then the response.
 
     The request_finished signal is held back, as Django's test client does, so it does not
     close the test's database connection (a real server's connection is in autocommit).
     """
+    if parts is not None:
+        await parts.aclose()
     request_finished.disconnect(close_old_connections)
     try:
-        response.close()
+        await sync_to_async(response.close)()
     finally:
         request_finished.connect(close_old_connections)
 
@@ -183,11 +196,14 @@ def test_a_streamed_answer_arrives_in_pieces_and_settles(
 
 
 def test_a_stream_the_client_leaves_still_settles_and_keeps_the_partial_answer(alice, openai_mock):
-    response = stream_directly(alice, "Tell me something")
-    chunks = iter(response.streaming_content)
-    for _ in range(4):  # start and a few deltas, then the browser goes away
-        next(chunks)
-    client_goes_away(response)
+    async def scenario():
+        response = await stream_directly(alice, "Tell me something")
+        parts = aiter(response)
+        for _ in range(4):  # start and a few deltas, then the browser goes away
+            await anext(parts)
+        await client_goes_away(response, parts)
+
+    async_to_sync(scenario)()
     generation = Generation.objects.get(user=alice)
     assert generation.status == "ok"
     assert generation.cost_estimated
@@ -196,9 +212,13 @@ def test_a_stream_the_client_leaves_still_settles_and_keeps_the_partial_answer(a
 
 
 def test_a_stream_that_never_started_settles_at_zero(alice, openai_mock):
-    response = stream_directly(alice, "Tell me something")
-    next(iter(response.streaming_content))  # the start event only
-    client_goes_away(response)
+    async def scenario():
+        response = await stream_directly(alice, "Tell me something")
+        parts = aiter(response)
+        await anext(parts)  # the start event only
+        await client_goes_away(response, parts)
+
+    async_to_sync(scenario)()
     generation = Generation.objects.get(user=alice)
     assert (generation.status, generation.cost) == ("error", 0)
 
@@ -224,11 +244,11 @@ def test_an_openai_compatible_server_is_recorded_as_its_provider(
 
     seen = []
 
-    def handler(request):
+    async def handler(request):
         seen.append(request)
-        return demo.handle(request)
+        return await demo.handle(request)
 
-    llm.use_http_client(httpx2.Client(transport=httpx2.MockTransport(handler)))
+    llm.use_http_client(httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
     post(alice_client, {"prompt": "hi"})
     assert str(seen[0].url) == "http://llm.internal:11434/v1/chat/completions"
     assert json.loads(seen[0].content)["max_tokens"] == 500

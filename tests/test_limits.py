@@ -116,16 +116,51 @@ def test_failed_calls_do_not_count_against_the_message_limit(alice):
     reserve(alice, "gpt-4o-mini", MESSAGES, 500)
 
 
+def _age(reservation, seconds):
+    Generation.objects.filter(pk=reservation.generation_id).update(
+        created_at=timezone.now() - timedelta(seconds=seconds)
+    )
+
+
+def test_a_reservation_holds_for_the_whole_call_deadline(alice, dollar_model, settings):
+    """Older than the old rule (2 x OPENAI_TIMEOUT) but within the deadline: still in flight."""
+    settings.OPENAI_TIMEOUT = 1
+    settings.OPENAI_DEADLINE = 120
+    set_budget(alice, "1.50")
+    live = reserve(alice, dollar_model, MESSAGES, 100)
+    _age(live, 119)
+    with pytest.raises(UsageLimitReached):
+        reserve(alice, dollar_model, MESSAGES, 100)
+    assert Generation.objects.get(pk=live.generation_id).status == "pending"
+
+
 def test_stale_reservations_are_abandoned_and_stop_holding_budget(alice, dollar_model, settings):
     set_budget(alice, "1.00")
     stuck = reserve(alice, dollar_model, MESSAGES, 100)
     with pytest.raises(UsageLimitReached):
         reserve(alice, dollar_model, MESSAGES, 100)
-    Generation.objects.filter(pk=stuck.generation_id).update(
-        created_at=timezone.now() - timedelta(seconds=2 * settings.OPENAI_TIMEOUT + 1)
-    )
+    _age(stuck, settings.OPENAI_DEADLINE + settings.RESERVATION_MARGIN_SECONDS + 1)
     reserve(alice, dollar_model, MESSAGES, 100)
     assert Generation.objects.get(pk=stuck.generation_id).status == "abandoned"
+
+
+def test_an_estimate_never_costs_more_than_the_reservation(alice):
+    reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 10)
+    usage = limits.estimate_usage(reservation, "😀" * 100)  # 400 bytes, max_tokens 10
+    assert usage.output_tokens == 10
+    assert usage.input_tokens <= reservation.input_token_bound
+    settled = settle(reservation, usage)
+    assert settled.cost <= reservation.reserved_cost
+    assert settled.cost_estimated and not settled.exceeded_reservation
+
+
+def test_reported_usage_above_the_reservation_is_recorded_flagged_and_logged(alice, caplog):
+    reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 10)
+    settled = settle(reservation, TokenUsage(reservation.input_token_bound, 0, 5000))
+    assert settled.output_tokens == 5000  # what the provider bills is what we record
+    assert settled.cost > reservation.reserved_cost
+    assert Generation.objects.get(pk=reservation.generation_id).exceeded_reservation
+    assert "Reservation bound violated" in caplog.text
 
 
 def test_one_users_spend_never_limits_another(alice, bob, dollar_model):

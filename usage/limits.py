@@ -1,12 +1,16 @@
 """Budget reservations: worst-case cost is held before a call and settled after it.
 
-reserve() and settle() each run in one transaction that first locks the user's
-UsageAccount row (SELECT ... FOR UPDATE on PostgreSQL; on SQLite every
-transaction is IMMEDIATE, which takes the database write lock). So for one
-user, "read spend, compare with budget, record reservation" can never
-interleave, and many concurrent requests cannot overshoot the budget.
+reserve() runs in one transaction that first locks the user's UsageAccount row
+(SELECT ... FOR UPDATE on PostgreSQL; on SQLite every transaction is IMMEDIATE,
+which takes the database write lock). So for one user, "read spend, compare with
+budget, record reservation" can never interleave, and many concurrent requests
+cannot overshoot the budget. settle() needs no lock: one conditional UPDATE decides
+who settles, and settling only ever lowers what reserve() sees as committed.
+A pending reservation is held until the call's deadline and a margin have passed
+(stale_before), so expiry never frees the budget of a call still running.
 """
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +25,8 @@ from django.utils.dateparse import parse_datetime
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.models import DailyUsage, Generation, UsageAccount
 from usage.pricing import COST_QUANTUM, Price, price_for
+
+log = logging.getLogger(__name__)
 
 # OpenAI's chat format adds a few tokens per message (role, separators) and
 # primes the reply with a few more. Generous bounds: overestimating only holds
@@ -38,6 +44,7 @@ SETTLEMENT_FIELDS = [
     "cached_input_tokens",
     "output_tokens",
     "cost_estimated",
+    "exceeded_reservation",
     "latency_ms",
     "http_status",
     "settled_at",
@@ -78,6 +85,7 @@ class Settlement:
     cached_input_tokens: int
     output_tokens: int
     cost_estimated: bool
+    exceeded_reservation: bool
     latency_ms: int | None
     http_status: int | None
     settled_at: datetime
@@ -158,18 +166,28 @@ def worst_case_input_tokens(messages: list[dict]) -> int:
 
 
 def estimate_usage(reservation: Reservation, output_text: str) -> TokenUsage:
-    """For an answer delivered without provider usage: a typical-ratio estimate, flagged."""
+    """For an answer delivered without provider usage: a typical-ratio estimate, flagged.
+
+    Clamped to what the reservation held (its input bound and max_tokens), so an estimate
+    can never cost more than was reserved.
+    """
+    output_tokens = math.ceil(len(output_text.encode()) / BYTES_PER_TOKEN_ESTIMATE)
     return TokenUsage(
         input_tokens=math.ceil(reservation.input_token_bound / BYTES_PER_TOKEN_ESTIMATE),
         cached_input_tokens=0,
-        output_tokens=math.ceil(len(output_text.encode()) / BYTES_PER_TOKEN_ESTIMATE),
+        output_tokens=min(output_tokens, reservation.max_tokens),
         estimated=True,
     )
 
 
 def stale_before(now: datetime) -> datetime:
-    """Pending rows older than twice the provider timeout can no longer be in flight."""
-    return now - timedelta(seconds=2 * settings.OPENAI_TIMEOUT)
+    """Pending rows created before this can no longer be in flight.
+
+    Every call ends by OPENAI_DEADLINE (enforced in the chat path across retries and
+    streaming); the margin covers settling after it. So expiry never releases the hold of a
+    call that is still running, and a second call cannot reserve into its budget.
+    """
+    return now - timedelta(seconds=settings.OPENAI_DEADLINE + settings.RESERVATION_MARGIN_SECONDS)
 
 
 def expire_stale_reservations(now: datetime | None = None, user=None) -> int:
@@ -182,7 +200,7 @@ def expire_stale_reservations(now: datetime | None = None, user=None) -> int:
     return stale.update(
         status=Generation.Status.ABANDONED,
         settled_at=now,
-        error="Abandoned: never settled within twice the provider timeout.",
+        error="Abandoned: never settled within the call deadline and its margin.",
     )
 
 
@@ -331,6 +349,7 @@ def settle(
         "cached_input_tokens": 0,
         "output_tokens": 0,
         "cost_estimated": False,
+        "exceeded_reservation": False,
     }
     if error or usage is None:
         fields |= {
@@ -339,6 +358,25 @@ def settle(
             "cost": Decimal(0),
         }
     else:
+        # The reservation carries the prices snapshotted on its row.
+        cost = reservation.price.cost(
+            usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
+        )
+        exceeded = cost > reservation.reserved_cost
+        if exceeded:
+            # The provider's own figures are what it bills: record them as reported, flag
+            # the row and tell operators, since the worst-case bound was wrong.
+            log.warning(
+                "Reservation bound violated for generation %s: reported %s in / %s out "
+                "tokens cost %s, %s was reserved (bound %s in / %s out).",
+                reservation.generation_id,
+                usage.input_tokens,
+                usage.output_tokens,
+                cost,
+                reservation.reserved_cost,
+                reservation.input_token_bound,
+                reservation.max_tokens,
+            )
         fields |= {
             "status": Generation.Status.OK,
             "error": "",
@@ -346,10 +384,8 @@ def settle(
             "cached_input_tokens": usage.cached_input_tokens,
             "output_tokens": usage.output_tokens,
             "cost_estimated": usage.estimated,
-            # The reservation carries the prices snapshotted on its row.
-            "cost": reservation.price.cost(
-                usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
-            ),
+            "exceeded_reservation": exceeded,
+            "cost": cost,
         }
     with transaction.atomic():
         won = Generation.objects.filter(

@@ -112,6 +112,10 @@ class Generation(models.Model):
     cost_estimated = models.BooleanField(
         default=False, help_text="The provider reported no usage; tokens were estimated."
     )
+    exceeded_reservation = models.BooleanField(
+        default=False,
+        help_text="The provider reported more than the worst case that was reserved.",
+    )
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     http_status = models.PositiveSmallIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)

@@ -80,6 +80,7 @@
     const mine = addMessage("user", text);
     let answer = null;
     let failed = false;
+    let partialError = "";
     try {
       const response = await fetch(chat.dataset.apiUrl, {
         method: "POST",
@@ -123,6 +124,20 @@
             answer.li.classList.remove("streaming");
             usageLine.textContent = formatUsage(payload.usage);
           } else if (event === "error") {
+            if (answer && payload.response) {
+              // Part of the answer arrived before the failure: it was billed, so it stays,
+              // with the reason it stops there.
+              answer.li.classList.remove("streaming");
+              answer.li.classList.add("message-interrupted");
+              const note = document.createElement("small");
+              note.className = "muted";
+              note.textContent = "Cut short: " + payload.error;
+              answer.li.append(note);
+              usageLine.textContent = formatUsage(payload.usage);
+              answer = null;
+              partialError = payload.error;
+              continue;
+            }
             throw new Error(payload.error);
           }
         }
@@ -131,6 +146,10 @@
         throw new Error("The connection ended before the answer was complete.");
       }
       prompt.value = "";
+      if (partialError) {
+        errorText.textContent = partialError;
+        errorBox.hidden = false;
+      }
     } catch (err) {
       failed = true;
       if (answer) answer.li.remove();

@@ -110,17 +110,21 @@ def gunicorn_app(
     env: dict,
     users: list[tuple[str, str | None]],
     workers: int = 2,
-    threads: int = 8,
+    proxy: bool = True,
 ):
-    """chatusage under gunicorn on a new PostgreSQL database, reached through a TcpProxy.
+    """chatusage under the production command (`gunicorn -c gunicorn.conf.py`, nothing else)
+    on a new PostgreSQL database.
 
-    `env` adds to (or overrides) production-like settings; `users` are (name, budget) pairs,
-    all with the password "load-pass-2026". The database is dropped afterwards.
+    With `proxy` the app reaches PostgreSQL through a TcpProxy that a fault test can cut;
+    without, directly (for throughput figures). `env` adds to (or overrides) production-like
+    settings; `users` are (name, budget) pairs, all with the password "load-pass-2026". The
+    database is dropped afterwards.
     """
     dbname = f"chatusage_e2e_{uuid.uuid4().hex[:10]}"
     with _psycopg() as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
-    proxy = TcpProxy(PG["host"], PG["port"])
+    proxy = TcpProxy(PG["host"], PG["port"]) if proxy else None
+    db_port = proxy.port if proxy else PG["port"]
     port = free_port()
     cache_url = "redis://127.0.0.1:6379/7" if _answers("127.0.0.1", 6379) else "locmem://"
     full_env = {
@@ -130,15 +134,14 @@ def gunicorn_app(
         "ALLOWED_HOSTS": "127.0.0.1",
         "SECURE_SSL_REDIRECT": "false",
         "SECURE_COOKIES": "false",
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:{proxy.port}/{dbname}",
-        "CONN_MAX_AGE": "60",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:{db_port}/{dbname}",
         "CACHE_URL": cache_url,
         "USAGE_DEFAULT_BUDGET_USD": "0",
         "CHAT_RATE_LIMIT": "100000/60",
         "STATIC_ROOT": str(workdir / "static"),
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": str(workers),
-        "GUNICORN_THREADS": str(threads),
+        "GUNICORN_ACCESS_LOG": "",
         "LOG_LEVEL": "WARNING",
         **env,
     }
@@ -158,7 +161,7 @@ def gunicorn_app(
     ids = json.loads(output.strip().splitlines()[-1])
     log = open(workdir / "gunicorn.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "chatusage.wsgi"],
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
         cwd=ROOT,
         env=full_env,
         stdout=log,
@@ -184,6 +187,7 @@ def gunicorn_app(
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-        proxy.cut()
+        if proxy:
+            proxy.cut()
         with _psycopg() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

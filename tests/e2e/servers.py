@@ -10,8 +10,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx2
-
 from chat import demo
 
 
@@ -19,6 +17,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class _ThreadingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # hundreds of streams connect at once in the load tests
 
 
 class _Server:
@@ -30,8 +33,7 @@ class _Server:
 
     def start(self):
         handler = type("Handler", (self._handler_class,), {"owner": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
-        self._server.daemon_threads = True
+        self._server = _ThreadingServer(("127.0.0.1", self.port), handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def stop(self):
@@ -45,6 +47,11 @@ class _Server:
 
 class _Quiet(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        # Small SSE frames must not wait for Nagle's algorithm (40 ms stalls otherwise).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args):
         pass
@@ -78,31 +85,52 @@ class _ModelHandler(_Quiet):
             self.end_headers()
             self.wfile.write(payload)
             return
-        # The offline demo model's own handler speaks the wire format, streamed or not.
-        response = demo.handle(httpx2.Request("POST", f"http://fake{self.path}", content=body))
-        self.send_response(response.status_code)
-        self.send_header("Content-Type", response.headers["content-type"])
-        if response.headers["content-type"].startswith("text/event-stream"):
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            for piece in response.iter_bytes():
-                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-                self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
+        # The offline demo model speaks the wire format, streamed or not.
+        reply = demo.reply(body, self.path)
+        self.send_response(reply.status)
+        if reply.frames is not None:
+            with owner.lock:
+                owner.streaming += 1
+                owner.most_at_once = max(owner.most_at_once, owner.streaming)
+            try:
+                self._stream(reply.frames, owner.stream_seconds / max(len(reply.frames) - 2, 1))
+            finally:
+                with owner.lock:
+                    owner.streaming -= 1
         else:
-            payload = response.read()
+            payload = json.dumps(reply.json).encode()
+            self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
 
+    def _stream(self, frames: list[bytes], delay: float):
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for index, frame in enumerate(frames):
+            if delay and 0 < index < len(frames) - 1:
+                time.sleep(delay)
+            self.wfile.write(f"{len(frame):x}\r\n".encode() + frame + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
 
 class FakeModel(_Server):
-    """An OpenAI-compatible chat-completions server. mode: ok, 429, 500, slow, garbage."""
+    """An OpenAI-compatible chat-completions server. mode: ok, 429, 500, slow, garbage.
 
-    def __init__(self):
+    A stream takes `stream_seconds`, its words evenly paced; `most_at_once` is the most
+    streams it served at the same time.
+    """
+
+    def __init__(self, stream_seconds: float = 0.0):
         self.mode = "ok"
         self.slow_seconds = 3.0
+        self.stream_seconds = stream_seconds
         self.requests = 0
+        self.streaming = 0
+        self.most_at_once = 0
+        self.lock = threading.Lock()
         super().__init__(_ModelHandler)
 
 

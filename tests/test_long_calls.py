@@ -1,0 +1,204 @@
+"""Long model calls: every way a call can end settles its reservation exactly once, the
+deadline holds across retries and streaming, and a slow call keeps its budget hold."""
+
+import asyncio
+import contextlib
+import json
+import time
+from decimal import Decimal
+
+import httpx2
+import pytest
+from asgiref.sync import async_to_sync
+
+from chat import demo, services
+from chat.models import Message
+from chatusage.db import step
+from tests.conftest import set_budget
+from tests.test_chat import API, client_goes_away, parse_sse, post, stream_directly
+from usage.models import Generation, ModelPrice
+
+pytestmark = pytest.mark.django_db
+
+
+def paced(delay: float, fail_at: int | None = None):
+    """A model that streams the demo answer one frame every `delay` s (breaking at a frame)."""
+
+    async def handler(request):
+        frames = demo.reply(request.content, request.url.path).frames
+
+        async def body():
+            for index, frame in enumerate(frames):
+                if index == fail_at:
+                    raise httpx2.ReadError("connection reset by peer")
+                if index:
+                    await asyncio.sleep(delay)
+                yield frame
+
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    return handler
+
+
+def read_all(response) -> list[tuple[str, dict]]:
+    async def read():
+        return b"".join([part async for part in response])
+
+    return parse_sse(async_to_sync(read)().decode())
+
+
+def stream_events(user, prompt="Tell me something") -> list[tuple[str, dict]]:
+    async def scenario():
+        response = await stream_directly(user, prompt)
+        events = parse_sse(b"".join([p async for p in response]).decode())
+        await client_goes_away(response)
+        return events
+
+    return async_to_sync(scenario)()
+
+
+def only_generation(user) -> Generation:
+    [generation] = Generation.objects.filter(user=user)
+    return generation
+
+
+def test_a_failure_after_partial_output_bills_what_arrived_and_keeps_it(alice, openai_mock):
+    openai_mock.handler = paced(0, fail_at=6)
+    events = stream_events(alice)
+    kind, data = events[-1]
+    assert (kind, data["code"]) == ("error", "provider_disconnected")
+    delivered = "".join(d["text"] for k, d in events if k == "delta")
+    assert delivered and data["response"] == delivered and data["interrupted"]
+    generation = only_generation(alice)
+    assert (generation.status, generation.cost_estimated) == ("ok", True)
+    assert generation.cost > 0 and generation.cost <= generation.reserved_cost
+    prompt, answer = Message.objects.order_by("created_at", "id")
+    assert not prompt.failed  # answered in part: a retry is a new, visible turn
+    assert (answer.content, answer.interrupted) == (delivered, True)
+    assert "broke off" in answer.error
+
+
+def test_the_deadline_cuts_a_slow_stream_and_bills_what_arrived(alice, openai_mock, settings):
+    settings.OPENAI_DEADLINE = 0.4
+    openai_mock.handler = paced(0.1)  # the whole answer would take several seconds
+    started = time.monotonic()
+    events = stream_events(alice)
+    assert time.monotonic() - started < 3
+    kind, data = events[-1]
+    assert (kind, data["code"]) == ("error", "deadline_exceeded")
+    assert "0.4 seconds" in data["error"]
+    generation = only_generation(alice)
+    assert (generation.status, generation.cost_estimated) == ("ok", True)
+    assert generation.cost <= generation.reserved_cost
+    assert Message.objects.get(role="assistant").interrupted
+
+
+def test_the_deadline_holds_across_retry_after_waits(alice_client, alice, openai_mock, settings):
+    settings.OPENAI_DEADLINE = 0.5
+    openai_mock.answer(429, {"error": {"message": "slow down"}}, headers={"retry-after": "60"})
+    started = time.monotonic()
+    response = post(alice_client, {"prompt": "Are you there?"})
+    assert time.monotonic() - started < 5  # not the 60 s the provider asked for
+    assert (response.status_code, response.json()["code"]) == (504, "deadline_exceeded")
+    generation = only_generation(alice)
+    assert (generation.status, generation.cost) == ("error", 0)
+    prompt = Message.objects.get()
+    assert (prompt.content, prompt.failed) == ("Are you there?", True)
+
+
+def test_a_response_closed_before_its_stream_began_settles_at_zero(alice, openai_mock):
+    async def scenario():
+        response = await stream_directly(alice, "Tell me something")
+        await client_goes_away(response)  # the client left before the first byte
+
+    async_to_sync(scenario)()
+    generation = only_generation(alice)
+    assert (generation.status, generation.cost) == ("error", 0)
+    assert openai_mock.requests == []
+
+
+def test_a_stream_cancelled_while_waiting_on_the_model_settles_what_arrived(alice, openai_mock):
+    """The ASGI handler cancels the request's task when the client disconnects."""
+    openai_mock.handler = paced(0.05)
+
+    async def scenario():
+        response = await stream_directly(alice, "Tell me something")
+        parts = aiter(response)
+
+        async def consume():
+            async for _ in parts:
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client_goes_away(response, parts)
+
+    async_to_sync(scenario)()
+    generation = only_generation(alice)
+    assert (generation.status, generation.cost_estimated) == ("ok", True)
+    answer = Message.objects.get(role="assistant")
+    assert answer.interrupted and answer.content
+
+
+def test_a_plain_call_cancelled_while_waiting_on_the_model_costs_nothing(alice, openai_mock):
+    async def slow(request):
+        await asyncio.sleep(30)
+
+    openai_mock.handler = slow
+
+    async def scenario():
+        from django.test import RequestFactory
+
+        from chat import views
+        from tests.test_chat import sync_to_async
+
+        request = RequestFactory().post(
+            API, json.dumps({"prompt": "hello"}), content_type="application/json"
+        )
+        request.user = alice
+        request.auser = sync_to_async(lambda: alice)
+        task = asyncio.create_task(views.api_chat(request))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async_to_sync(scenario)()
+    generation = only_generation(alice)
+    assert (generation.status, generation.cost) == ("error", 0)
+
+
+def test_a_call_slower_than_the_old_expiry_keeps_its_hold(alice, openai_mock, settings):
+    """The old rule freed a reservation after 2 x OPENAI_TIMEOUT; a second call then overshot."""
+    settings.OPENAI_TIMEOUT = 0.1
+    settings.OPENAI_DEADLINE = 20
+    settings.OPENAI_MODEL = "dollar-model"
+    ModelPrice.objects.create(  # output at $0.01 a token: 500 max tokens hold $5.00
+        model="dollar-model", input_per_1m=0, cached_input_per_1m=0, output_per_1m=10_000
+    )
+    openai_mock.handler = paced(0.02)
+
+    async def scenario():
+        response = await stream_directly(alice, "Tell me something")
+        parts = aiter(response)
+        await anext(parts)
+        await anext(parts)  # the first call is streaming
+        first = await Generation.objects.aget(user=alice)
+        await asyncio.sleep(0.3)  # older than 2 x OPENAI_TIMEOUT
+        budget = first.reserved_cost * Decimal("1.5")  # room for one call, not two
+        await step(set_budget, alice, budget)
+        with pytest.raises(services.ChatError) as refused:
+            await services.start_turn(alice, "A second message at once")
+        async for _ in parts:
+            pass
+        await client_goes_away(response, parts)
+        return refused.value, budget
+
+    refused, budget = async_to_sync(scenario)()
+    assert refused.code == "usage_limit_reached"
+    generation = only_generation(alice)
+    assert generation.status == "ok"
+    assert generation.cost <= budget
