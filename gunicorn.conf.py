@@ -19,6 +19,13 @@ keepalive = 5
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 
 
+def post_worker_init(worker):
+    # Replace dead pooled database connections in bulk after a database restart.
+    from chatusage.db import watch_pool
+
+    watch_pool()
+
+
 def worker_exit(server, worker):
     # Deliver queued $ai_generation events before the worker goes; the SDK alone waits ~1 s.
     from chatusage import analytics

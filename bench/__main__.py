@@ -18,6 +18,8 @@ RUNS = [
     ("bench.ledger", ["postgres"]),
     ("bench.dashboard", []),
     ("bench.throughput", []),
+    ("bench.streams", ["64"]),
+    ("bench.streams", ["256"]),
 ]
 
 
@@ -47,9 +49,9 @@ def main():
     for module, args in RUNS:
         print(f"running {module} {' '.join(args)}...", file=sys.stderr, flush=True)
         results.append(run(module, args))
-    by = {(r["bench"], r.get("db")): r for r in results}
+    by = {(r["bench"], r.get("db"), r.get("streams")): r for r in results}
     rows = []
-    t = by.get(("tracking", "sqlite"), {})
+    t = by.get(("tracking", "sqlite", None), {})
     if "overhead_ms" in t:
         rows.append(
             (
@@ -60,10 +62,10 @@ def main():
             )
         )
     for db in ("sqlite", "postgres"):
-        r = by.get(("ledger", db), {})
+        r = by.get(("ledger", db, None), {})
         if "reserve_settle_ms" in r:
             rows.append((f"reserve + settle per call ({db})", f"{r['reserve_settle_ms']} ms", ""))
-    d = by.get(("dashboard", "sqlite"), {})
+    d = by.get(("dashboard", "sqlite", None), {})
     if "ratio" in d:
         rows.append(
             (
@@ -73,15 +75,30 @@ def main():
                 "ratio ≤ 1.5",
             )
         )
-    g = by.get(("throughput", "postgres"), {})
+    g = by.get(("throughput", "postgres", None), {})
     if "rps" in g:
         rows.append(
             (
-                f"Chat requests/s under gunicorn (2×8, PostgreSQL, {g['clients']} clients)",
+                f"Chat requests/s, production command (2 workers, PostgreSQL, {g['clients']} "
+                "clients)",
                 f"**{g['rps']}/s** ({g['ok']} answered, {g['non_200']} not 200)",
                 "",
             )
         )
+    for n in (64, 256):
+        r = by.get(("streams", "postgres", n), {})
+        if "p95_ratio" in r:
+            rows.append(
+                (
+                    f"{n} streams at once (30 chunks over 3 s each), production command",
+                    f"p95 {r['p95_s']} s vs lone {r['lone_s']} s: **{r['p95_ratio']}x** · "
+                    f"first word p95 {r['first_word_p95_s']} s · model saw "
+                    f"{r['model_most_at_once']} at once · ≤ {r['most_pg_connections']} "
+                    f"PostgreSQL connections · /healthz ≤ {r['healthz_worst_s']} s · "
+                    f"{r['done']}/{n} done",
+                    "≤ 1.5x at 256",
+                )
+            )
     print(
         f"\nBenchmarks, {date.today().isoformat()}, {os.cpu_count()} cores, {cpu()}, "
         f"Python {platform.python_version()}\n"

@@ -1,4 +1,5 @@
-"""Chat requests per second under gunicorn (2 workers x 8 threads) on PostgreSQL, demo model.
+"""Chat requests per second under the production command (2 uvicorn workers) on PostgreSQL,
+demo model.
 
 Non-streamed messages from 16 logged-in users at once for a fixed time, every request a
 full tracked turn: prompt saved, budget reserved, PostHog-wrapped call, ledger settled.
@@ -39,7 +40,7 @@ def main():
     users = [(f"load{i}", None) for i in range(CLIENTS)]
     statuses: Counter = Counter()
     lock = threading.Lock()
-    with gunicorn_app(Path(tempfile.mkdtemp()), env, users) as app:
+    with gunicorn_app(Path(tempfile.mkdtemp()), env, users, proxy=False) as app:
         sessions = [app.login(name) for name, _ in users]
         stop_at = time.monotonic() + SECONDS
 

@@ -79,12 +79,20 @@ def _chunk(completion_id: str, model: str, created: int, delta: dict, finish=Non
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
-def stream_chunks(completion_id, model, created, answer, finish, usage, include_usage):
-    """The server-sent event frames of a streamed answer, one word a frame."""
+def _split(answer: str, pieces: int | None) -> list[str]:
+    """The answer one word a piece, or in `pieces` pieces of about as many words each."""
+    words = [word + " " for word in answer.split(" ")]
+    words[-1] = words[-1][:-1]
+    if not pieces or pieces >= len(words):
+        return words
+    size = math.ceil(len(words) / pieces)
+    return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
+
+
+def stream_chunks(completion_id, model, created, answer, finish, usage, include_usage, pieces=None):
+    """The server-sent event frames of a streamed answer, a word (or `pieces` pieces) a frame."""
     yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""})
-    pieces = answer.split(" ")
-    for index, word in enumerate(pieces):
-        text = word if index == len(pieces) - 1 else word + " "
+    for text in _split(answer, pieces):
         yield _chunk(completion_id, model, created, {"content": text})
     yield _chunk(completion_id, model, created, {}, finish=finish)
     if include_usage:
@@ -101,7 +109,7 @@ class Reply:
     frames: list[bytes] | None = None
 
 
-def reply(content: bytes, path: str = "/v1/chat/completions") -> Reply:
+def reply(content: bytes, path: str = "/v1/chat/completions", pieces: int | None = None) -> Reply:
     """Answer one chat-completions request body in OpenAI's wire format."""
     if not path.endswith("/chat/completions"):
         return Reply(404, {"error": {"message": "Unknown endpoint"}})
@@ -121,7 +129,9 @@ def reply(content: bytes, path: str = "/v1/chat/completions") -> Reply:
     created = int(time.time())
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        frames = stream_chunks(completion_id, model, created, answer, finish, usage, include_usage)
+        frames = stream_chunks(
+            completion_id, model, created, answer, finish, usage, include_usage, pieces
+        )
         return Reply(200, frames=list(frames))
     return Reply(
         200,

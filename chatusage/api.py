@@ -4,7 +4,10 @@ import json
 from functools import wraps
 
 from asgiref.sync import iscoroutinefunction
+from django.contrib.auth import get_user
 from django.http import JsonResponse
+
+from chatusage.db import step
 
 
 def error(message: str, code: str, status: int, **extra) -> JsonResponse:
@@ -34,7 +37,9 @@ def api_view(methods: tuple[str, ...]):
             async def async_wrapper(request, *args, **kwargs):
                 if request.method not in methods:
                     return _method_not_allowed(methods)
-                request.user = await request.auser()
+                # The user is loaded in a short step that gives its connection back:
+                # an async view may then wait on a model without holding one.
+                request.user = await step(get_user, request)
                 if not request.user.is_authenticated:
                     return _not_authenticated()
                 return await view(request, *args, **kwargs)

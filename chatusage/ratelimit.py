@@ -1,9 +1,32 @@
-"""A per-key fixed-window request limit in the Django cache (Redis in production)."""
+"""A per-key fixed-window request limit in the Django cache (Redis in production).
 
+It fails open: when the cache is down or slow, requests pass with a logged warning.
+The budget itself is enforced by a row lock in the database, so money stays safe; only
+the smoothing of bursts is lost while the cache is away.
+"""
+
+import functools
+import logging
 import time
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import caches
+from redis import RedisError
+
+log = logging.getLogger(__name__)
+
+CACHE_ERRORS = (RedisError, OSError)  # a refused, dropped or timed-out cache connection
+
+
+@functools.cache
+def _cache():
+    """One cache client per process.
+
+    `django.core.cache.cache` is per thread and per async context: under ASGI every
+    request would open (and handshake) a new Redis connection. A Redis client is safe to
+    share, and the local-memory cache keeps one store per process anyway.
+    """
+    return caches.create_connection("default")
 
 
 def parse_rate(rate: str) -> tuple[int, int]:
@@ -18,11 +41,16 @@ def hit(key: str, rate: str | None = None) -> bool:
     if limit <= 0:
         return True
     bucket = f"ratelimit:{key}:{int(time.time() // window)}"
-    # add() is atomic: only the first request of a window creates the counter.
-    cache.add(bucket, 0, timeout=window + 1)
+    cache = _cache()
     try:
-        count = cache.incr(bucket)
-    except ValueError:  # expired between add and incr
-        cache.add(bucket, 1, timeout=window + 1)
-        count = 1
+        # add() is atomic: only the first request of a window creates the counter.
+        cache.add(bucket, 0, timeout=window + 1)
+        try:
+            count = cache.incr(bucket)
+        except ValueError:  # expired between add and incr
+            cache.add(bucket, 1, timeout=window + 1)
+            count = 1
+    except CACHE_ERRORS as exc:
+        log.warning("Rate limit not applied: the cache did not answer (%s).", type(exc).__name__)
+        return True
     return count <= limit

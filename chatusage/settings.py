@@ -51,7 +51,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "chatusage.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -102,6 +102,13 @@ else:
         "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
         "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
         "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+        # psycopg_pool retries a failed connect with a doubling delay, and requests already
+        # waiting do not start a new attempt when one gives up: after a long outage the
+        # app stayed down long after the database was back. So an attempt gives up after
+        # a few seconds and a fresh one starts at once (check() grows the pool again).
+        # Dead idle connections are swept by chatusage.db.watch_pool.
+        "reconnect_timeout": env.float("DB_POOL_RECONNECT_TIMEOUT", default=4.0),
+        "reconnect_failed": lambda pool: pool.check(),
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -111,6 +118,12 @@ _cache_url = env.str("CACHE_URL", default="locmem://")
 if _cache_url.startswith("locmem://"):
     _cache_url = "locmemcache://" + _cache_url.removeprefix("locmem://")
 CACHES = {"default": env.cache_url_config(_cache_url)}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # A dead or hanging Redis must cost a request half a second, not the OS's TCP timeouts.
+    CACHES["default"].setdefault("OPTIONS", {}).update(
+        socket_connect_timeout=env.float("CACHE_TIMEOUT", default=0.5),
+        socket_timeout=env.float("CACHE_TIMEOUT", default=0.5),
+    )
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -174,6 +187,7 @@ LOGGING = {
         "httpcore": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
         "posthog": {"level": "WARNING"},
+        "psycopg": {"level": env.str("DB_LOG_LEVEL", default="WARNING")},  # pool events
     },
 }
 

@@ -68,6 +68,14 @@ def _database_answers() -> bool:
     return True
 
 
+def close_health_connection() -> None:
+    global _health_conn
+    with _health_lock:
+        if _health_conn is not None:
+            _health_conn.close()
+        _health_conn = None
+
+
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:

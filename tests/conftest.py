@@ -19,7 +19,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from chat import demo, llm
-from chatusage import analytics
+from chatusage import analytics, views
 from usage import pricing
 
 PASSWORD = "a-Long-unusual-pass-2026"
@@ -50,6 +50,7 @@ def _isolation(settings):
         yield mock
         analytics.reset(flush=True)  # drain queued events while `responses` still answers
     llm.use_http_client(None)
+    views.close_health_connection()  # or the test database could not be dropped
     cache.clear()
 
 

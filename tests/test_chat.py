@@ -5,6 +5,8 @@ from decimal import Decimal
 import httpx2
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from django.conf import settings
+from django.contrib.sessions.backends.db import SessionStore
 from django.core.signals import request_finished
 from django.db import close_old_connections
 from django.test import Client, RequestFactory
@@ -58,13 +60,18 @@ def sse_events(response) -> list[tuple[str, dict]]:
     return parse_sse(async_to_sync(read)().decode())
 
 
+def api_request(user, body: dict):
+    """A POST to /api/chat/ by `user` (logged in, with a session), past the middleware."""
+    client = Client()
+    client.force_login(user)
+    request = RequestFactory().post(API, json.dumps(body), content_type="application/json")
+    request.session = SessionStore(client.cookies[settings.SESSION_COOKIE_NAME].value)
+    return request
+
+
 async def stream_directly(user, prompt):
     """The streaming response as the ASGI handler gets it (no test-client wrapper around it)."""
-    request = RequestFactory().post(
-        API, json.dumps({"prompt": prompt, "stream": True}), content_type="application/json"
-    )
-    request.user = user
-    request.auser = sync_to_async(lambda: user)
+    request = await sync_to_async(api_request)(user, {"prompt": prompt, "stream": True})
     return await views.api_chat(request)
 
 

@@ -3,19 +3,18 @@ deadline holds across retries and streaming, and a slow call keeps its budget ho
 
 import asyncio
 import contextlib
-import json
 import time
 from decimal import Decimal
 
 import httpx2
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 
-from chat import demo, services
+from chat import demo, services, views
 from chat.models import Message
 from chatusage.db import step
 from tests.conftest import set_budget
-from tests.test_chat import API, client_goes_away, parse_sse, post, stream_directly
+from tests.test_chat import api_request, client_goes_away, parse_sse, post, stream_directly
 from usage.models import Generation, ModelPrice
 
 pytestmark = pytest.mark.django_db
@@ -150,16 +149,7 @@ def test_a_plain_call_cancelled_while_waiting_on_the_model_costs_nothing(alice, 
     openai_mock.handler = slow
 
     async def scenario():
-        from django.test import RequestFactory
-
-        from chat import views
-        from tests.test_chat import sync_to_async
-
-        request = RequestFactory().post(
-            API, json.dumps({"prompt": "hello"}), content_type="application/json"
-        )
-        request.user = alice
-        request.auser = sync_to_async(lambda: alice)
+        request = await sync_to_async(api_request)(alice, {"prompt": "hello"})
         task = asyncio.create_task(views.api_chat(request))
         await asyncio.sleep(0.3)
         task.cancel()

@@ -114,6 +114,7 @@ class Generation(models.Model):
     )
     exceeded_reservation = models.BooleanField(
         default=False,
+        db_default=False,  # rows written by raw SQL (settle, bulk loads) need no value
         help_text="The provider reported more than the worst case that was reserved.",
     )
     latency_ms = models.PositiveIntegerField(null=True, blank=True)

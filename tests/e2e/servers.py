@@ -61,6 +61,18 @@ class _Quiet(BaseHTTPRequestHandler):
 
 
 class _ModelHandler(_Quiet):
+    def do_GET(self):
+        owner: FakeModel = self.owner
+        with owner.lock:
+            payload = json.dumps(
+                {"requests": owner.requests, "most_at_once": owner.most_at_once}
+            ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def do_POST(self):
         owner: FakeModel = self.owner
         body = self._body()
@@ -86,7 +98,7 @@ class _ModelHandler(_Quiet):
             self.wfile.write(payload)
             return
         # The offline demo model speaks the wire format, streamed or not.
-        reply = demo.reply(body, self.path)
+        reply = demo.reply(body, self.path, owner.pieces)
         self.send_response(reply.status)
         if reply.frames is not None:
             with owner.lock:
@@ -119,14 +131,15 @@ class _ModelHandler(_Quiet):
 class FakeModel(_Server):
     """An OpenAI-compatible chat-completions server. mode: ok, 429, 500, slow, garbage.
 
-    A stream takes `stream_seconds`, its words evenly paced; `most_at_once` is the most
-    streams it served at the same time.
+    A stream sends its answer in `pieces` chunks (or a word a chunk) evenly paced over
+    `stream_seconds`; `most_at_once` is the most streams it served at the same time.
     """
 
-    def __init__(self, stream_seconds: float = 0.0):
+    def __init__(self, stream_seconds: float = 0.0, pieces: int | None = None):
         self.mode = "ok"
         self.slow_seconds = 3.0
         self.stream_seconds = stream_seconds
+        self.pieces = pieces
         self.requests = 0
         self.streaming = 0
         self.most_at_once = 0
@@ -186,11 +199,16 @@ class TcpProxy:
         self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
         self._listener.settimeout(0.2)
         self._running = True
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def cut(self):
-        self._running = False
+        with self._lock:
+            self._running = False
         self._listener.close()
+        # The kernel keeps the port listening while the acceptor still waits in poll() on
+        # the closed socket: wait for it, or resume() could not bind the port again.
+        self._acceptor.join(timeout=2)
         with self._lock:
             for conn in self._conns:
                 with contextlib.suppress(OSError):
@@ -213,6 +231,10 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if not self._running:  # cut meanwhile: no connection may outlive the cut
+                    client.close()
+                    upstream.close()
+                    return
                 self._conns += [client, upstream]
             threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
 
@@ -232,3 +254,20 @@ class TcpProxy:
             for sock in (a, b):
                 with contextlib.suppress(OSError):
                     sock.close()
+
+
+if __name__ == "__main__":
+    # A fake model in a process of its own (for the benchmarks): prints its URL, serves
+    # GET /stats, and stops when its standard input closes.
+    import os
+    import sys
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
+    os.environ.setdefault("SECRET_KEY", "fake-model")
+    import django
+
+    django.setup()
+    server = FakeModel(stream_seconds=float(sys.argv[1]), pieces=int(sys.argv[2]))
+    print(server.url, flush=True)
+    sys.stdin.read()
+    server.stop()

@@ -1,5 +1,5 @@
 """Hundreds of long streamed answers at once under the production command (ASGI), on
-PostgreSQL, against a fake model that streams each answer over about three seconds."""
+PostgreSQL, against a fake model that streams each answer in 30 chunks over three seconds."""
 
 import json
 import statistics
@@ -30,7 +30,7 @@ K = 5  # the budget user's budget fits exactly K calls ($1.00 worst case each)
 def streams_app(tmp_path_factory):
     if not postgres_answers():
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
-    model, sink = FakeModel(stream_seconds=STREAM_SECONDS), CaptureSink()
+    model, sink = FakeModel(stream_seconds=STREAM_SECONDS, pieces=30), CaptureSink()
     env = {
         "OPENAI_API_KEY": "sk-fake-e2e",
         "OPENAI_BASE_URL": f"{model.url}/v1",

@@ -1,0 +1,170 @@
+"""N long streamed answers at once under the production command (`gunicorn -c
+gunicorn.conf.py`: uvicorn workers), PostgreSQL, against a fake model that streams each answer
+in 30 chunks 0.1 s apart (3 s alone).
+
+The load generator is one asyncio process (no thread per stream) and the fake model runs in
+a process of its own, so neither steals the GIL from the other. Reports p50 and p95 time to
+the `done` event against a lone stream measured on the same server, the most calls the model
+saw at once, the most pooled PostgreSQL connections, and the slowest /healthz during the load.
+"""
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.common import ROOT, emit
+
+STREAMS = int(sys.argv[1]) if len(sys.argv) > 1 else 256
+STREAM_SECONDS = 3.0
+CHUNKS = 30  # 0.1 s apart, as a real model streams a short answer
+USERS = 16
+
+
+async def one_stream(client, url, cookies, headers, prompt) -> dict:
+    import httpx2
+
+    started = time.monotonic()
+    first = None
+    began = None
+    ended = None
+    async with client.stream(
+        "POST",
+        f"{url}/api/chat/",
+        json={"prompt": prompt, "stream": True},
+        cookies=cookies,
+        headers=headers,
+        timeout=httpx2.Timeout(180),
+    ) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("event: start"):
+                began = time.monotonic() - started
+            if line.startswith("event: delta") and first is None:
+                first = time.monotonic() - started
+            elif line.startswith("event: "):
+                ended = line[7:] if line[7:] in ("done", "error") else ended
+    return {"end": ended, "start": began, "first": first, "seconds": time.monotonic() - started}
+
+
+async def load(url, logins, streams) -> list[dict]:
+    import httpx2
+
+    limits = httpx2.Limits(max_connections=streams + 10, max_keepalive_connections=streams)
+    async with httpx2.AsyncClient(limits=limits) as client:
+        tasks = [
+            one_stream(client, url, *logins[n % len(logins)], f"stream {n}") for n in range(streams)
+        ]
+        return await asyncio.gather(*tasks)
+
+
+def p95(values):
+    ordered = sorted(values)
+    return ordered[max(int(len(ordered) * 0.95) - 1, 0)]
+
+
+def main():
+    sys.path.insert(0, str(ROOT))
+    import os
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
+    os.environ.setdefault("SECRET_KEY", "bench")
+    import django
+    import requests
+
+    django.setup()
+
+    from chatusage.views import HEALTH_APPLICATION_NAME
+    from tests.e2e.launch import LOAD_MODEL, gunicorn_app, postgres_answers
+    from tests.e2e.servers import CaptureSink
+
+    if not postgres_answers():
+        emit(bench="streams", skipped="PostgreSQL is not answering")
+        return
+    model = subprocess.Popen(
+        [sys.executable, "-m", "tests.e2e.servers", str(STREAM_SECONDS), str(CHUNKS)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    model_url = model.stdout.readline().strip()
+    sink = CaptureSink()
+    env = {
+        "OPENAI_API_KEY": "sk-bench",
+        "OPENAI_BASE_URL": f"{model_url}/v1",
+        "OPENAI_MODEL": LOAD_MODEL,
+        "OPENAI_MAX_TOKENS": "100",
+        "POSTHOG_API_KEY": "phc_bench",
+        "POSTHOG_HOST": sink.url,
+    }
+    users = [(f"s{i}", None) for i in range(USERS)]
+    try:
+        with gunicorn_app(Path(tempfile.mkdtemp()), env, users, proxy=False) as app:
+            sessions = [app.login(name) for name, _ in users]
+            logins = [(dict(s.cookies), dict(s.headers)) for s in sessions]
+            for _ in range(4):  # warm both workers: first calls build clients, open pools
+                asyncio.run(load(app.url, logins, 2))
+            lone = [asyncio.run(load(app.url, logins, 1))[0]["seconds"] for _ in range(5)]
+            stop = threading.Event()
+            health, connections = [], []
+
+            def watch():
+                while not stop.is_set():
+                    started = time.monotonic()
+                    try:
+                        requests.get(f"{app.url}/healthz", timeout=10)
+                    finally:
+                        health.append(time.monotonic() - started)
+                    connections.extend(
+                        count
+                        for (count,) in app.sql(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                            "AND pid <> pg_backend_pid() AND application_name <> %s",
+                            app.dbname,
+                            HEALTH_APPLICATION_NAME,
+                        )
+                    )
+                    stop.wait(0.25)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            started = time.monotonic()
+            results = asyncio.run(load(app.url, logins, STREAMS))
+            elapsed = time.monotonic() - started
+            stop.set()
+            watcher.join()
+            stats = json.loads(requests.get(f"{model_url}/stats", timeout=5).text)
+    finally:
+        model.stdin.close()
+        model.wait(timeout=10)
+        sink.stop()
+    done = [r for r in results if r["end"] == "done"]
+    seconds = [r["seconds"] for r in done]
+    lone_s = statistics.median(lone)
+    emit(
+        bench="streams",
+        db="postgres",
+        streams=STREAMS,
+        done=len(done),
+        lone_s=round(lone_s, 2),
+        p50_s=round(statistics.median(seconds), 2),
+        p95_s=round(p95(seconds), 2),
+        min_s=round(min(seconds), 2),
+        max_s=round(max(seconds), 2),
+        p95_ratio=round(p95(seconds) / lone_s, 2),
+        start_event_p95_s=round(p95([r["start"] for r in done]), 2),
+        first_word_p95_s=round(p95([r["first"] for r in done]), 2),
+        model_most_at_once=stats["most_at_once"],
+        most_pg_connections=max(connections),
+        healthz_worst_s=round(max(health), 3),
+        wall_s=round(elapsed, 1),
+    )
+
+
+if __name__ == "__main__":
+    main()
