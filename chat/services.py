@@ -76,55 +76,67 @@ def conversation_for(user, conversation_id) -> Conversation:
         raise Http404("No such conversation.") from exc
 
 
-def history(conversation: Conversation, prompt: Message) -> list[dict]:
-    """System prompt + as many recent answered messages as fit in CHAT_HISTORY_BYTES + prompt."""
-    budget = max(settings.CHAT_HISTORY_BYTES - len(prompt.content.encode()), 0)
-    earlier = (
-        conversation.messages.filter(failed=False)
-        .exclude(pk=prompt.pk)
-        .order_by("-created_at", "-id")
-        .values_list("role", "content")
-    )
+def history(conversation: Conversation | None, text: str) -> list[dict]:
+    """System prompt + as many recent answered messages as fit in CHAT_HISTORY_BYTES + prompt.
+
+    Failed prompts are not history (a retry resends its own text as the prompt).
+    """
     kept = []
-    for role, content in earlier.iterator():
-        size = len(content.encode())
-        if size > budget:
-            break
-        budget -= size
-        kept.append({"role": role, "content": content})
-    kept.reverse()
+    if conversation is not None:
+        budget = max(settings.CHAT_HISTORY_BYTES - len(text.encode()), 0)
+        earlier = (
+            conversation.messages.filter(failed=False)
+            .order_by("-created_at", "-id")
+            .values_list("role", "content")
+        )
+        for role, content in earlier.iterator():
+            size = len(content.encode())
+            if size > budget:
+                break
+            budget -= size
+            kept.append({"role": role, "content": content})
+        kept.reverse()
     return [
         {"role": "system", "content": settings.CHAT_SYSTEM_PROMPT},
         *kept,
-        {"role": "user", "content": prompt.content},
+        {"role": "user", "content": text},
     ]
 
 
-def _save_prompt(conversation: Conversation, text: str) -> Message:
+def _save_prompt(conversation: Conversation, text: str, generation_id: UUID) -> Message:
     """Save the user's message; a retry of the last, failed prompt reuses it."""
     last = conversation.messages.order_by("-created_at", "-id").first()
     if last and last.role == Message.Role.USER and last.failed and last.content == text:
+        Message.objects.filter(pk=last.pk).update(generation_id=generation_id)
+        last.generation_id = generation_id
         return last
-    if not conversation.title:
-        conversation.title = text.splitlines()[0][:80]
-        conversation.save(update_fields=["title", "updated_at"])
-    return conversation.messages.create(role=Message.Role.USER, content=text, failed=True)
+    return conversation.messages.create(
+        role=Message.Role.USER, content=text, failed=True, generation_id=generation_id
+    )
+
+
+def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
+    """What a turn refused before the call says; it wrote nothing."""
+    extra = {"conversation_id": str(conversation.pk)} if conversation else {}
+    if isinstance(exc, limits.UsageLimitReached):
+        return ChatError("usage_limit_reached", str(exc), 429, **extra, **exc.as_dict())
+    return ChatError("model_not_priced", str(exc), 503, **extra)
 
 
 def _start_turn(user, prompt_text, conversation_id=None) -> Turn:
-    """Validate and save the prompt, then reserve budget for the call.
+    """Validate, reserve budget for the call, then save the prompt (and a new conversation).
 
-    The prompt is saved (marked failed until answered) before anything can refuse
-    it, so a rejected or failed turn never loses what the user wrote.
+    A refused turn (bad input, budget, message limit, unpriced model) writes nothing: the
+    prompt goes back to the composer with the reason. Once the budget is held the prompt
+    is saved, marked failed until answered, so a failed call never loses it.
     """
     text = clean_prompt(prompt_text)
-    if conversation_id:
-        conversation = conversation_for(user, conversation_id)
-    else:
-        conversation = Conversation.objects.create(user=user)
-    prompt = _save_prompt(conversation, text)
-    messages = history(conversation, prompt)
+    conversation = conversation_for(user, conversation_id) if conversation_id else None
+    messages = history(conversation, text)
     provider = llm.current_provider()
+    new_conversation = conversation is None
+    if new_conversation:
+        conversation = Conversation(user=user, title=text.splitlines()[0][:80])
     try:
         reservation = limits.reserve(
             user,
@@ -134,19 +146,16 @@ def _start_turn(user, prompt_text, conversation_id=None) -> Turn:
             provider=provider.name,
             conversation_id=conversation.pk,
         )
-    except limits.UsageLimitReached as exc:
-        raise ChatError(
-            "usage_limit_reached",
-            str(exc),
-            429,
-            conversation_id=str(conversation.pk),
-            **exc.as_dict(),
-        ) from exc
-    except UnknownModelError as exc:
-        raise ChatError(
-            "model_not_priced", str(exc), 503, conversation_id=str(conversation.pk)
-        ) from exc
-    Message.objects.filter(pk=prompt.pk).update(generation_id=reservation.generation_id)
+    except (limits.UsageLimitReached, UnknownModelError) as exc:
+        raise _refusal(exc, None if new_conversation else conversation) from exc
+    try:
+        with transaction.atomic():
+            if new_conversation:
+                conversation.save(force_insert=True)
+            prompt = _save_prompt(conversation, text, reservation.generation_id)
+    except BaseException:
+        limits.settle(reservation, error="The prompt could not be saved.")
+        raise
     return Turn(conversation, prompt, messages, reservation, provider)
 
 

@@ -26,6 +26,7 @@ async def _check_rate(user) -> None:
 
 
 def _page(request, conversation=None, *, prompt="", error_message="", status=200):
+    """The chat page; a failed call (5xx) offers Retry, a refusal (4xx) only its reason."""
     conversations = Conversation.objects.filter(user=request.user).only("id", "title")[:50]
     messages = list(conversation.messages.all()) if conversation else []
     return render(
@@ -37,6 +38,7 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
             "chat_messages": messages,
             "prompt": prompt,
             "error_message": error_message,
+            "retryable": bool(error_message) and status >= 500,
         },
         status=status,
     )

@@ -390,7 +390,32 @@ def test_the_usage_limit_answers_429_with_spent_budget_and_reset(alice_client, a
     assert data["budget"] == "0.01"
     assert "spent" in data and "resets_at" in data
     assert openai_mock.requests == []
-    assert Message.objects.get(conversation_id=data["conversation_id"]).content == "one more"
+    # A refused turn writes nothing: no conversation, no message, no ledger row.
+    assert "conversation_id" not in data
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+    assert Generation.objects.filter(user=alice).count() == 1  # the hold only
+
+
+def test_a_refusal_in_a_conversation_adds_nothing_to_it(alice_client, alice, openai_mock):
+    conversation_id = post(alice_client, {"prompt": "first"}).json()["conversation_id"]
+    set_budget(alice, "0.01")
+    hold_budget(alice, "0.0099999")
+    response = post(alice_client, {"prompt": "second", "conversation_id": conversation_id})
+    assert response.status_code == 429
+    assert response.json()["conversation_id"] == conversation_id
+    assert [m.content for m in Message.objects.filter(conversation_id=conversation_id)] == [
+        "first",
+        Message.objects.get(role="assistant").content,
+    ]
+
+
+def test_a_refused_form_post_keeps_the_prompt_and_writes_nothing(alice_client, alice):
+    set_budget(alice, "0.01")
+    hold_budget(alice, "0.0099999")
+    response = alice_client.post("/chat/", {"prompt": "Please keep me"})
+    assert response.status_code == 429
+    assert ">Please keep me</textarea>" in response.content.decode()
+    assert not Conversation.objects.exists()
 
 
 def test_a_model_without_a_price_is_refused(alice_client, openai_mock, settings):
@@ -399,6 +424,7 @@ def test_a_model_without_a_price_is_refused(alice_client, openai_mock, settings)
     assert response.status_code == 503
     assert response.json()["code"] == "model_not_priced"
     assert openai_mock.requests == []
+    assert not Conversation.objects.exists() and not Generation.objects.exists()
 
 
 def test_too_many_requests_are_rate_limited(alice_client, openai_mock, settings):
@@ -407,6 +433,7 @@ def test_too_many_requests_are_rate_limited(alice_client, openai_mock, settings)
     assert post(alice_client, {"prompt": "2"}).status_code == 200
     response = post(alice_client, {"prompt": "3"})
     assert (response.status_code, response.json()["code"]) == (429, "rate_limited")
+    assert not Message.objects.filter(content="3").exists()
 
 
 @pytest.mark.parametrize(

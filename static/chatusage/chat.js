@@ -95,7 +95,11 @@
         let data = {};
         try { data = await response.json(); } catch (e) { /* not JSON */ }
         if (data.conversation_id) onConversation(data.conversation_id, text);
-        throw new Error(data.error || ("The server answered " + response.status + "."));
+        const error = new Error(data.error || ("The server answered " + response.status + "."));
+        // Refused before the call (bad input, limits, rate): nothing was saved, and the
+        // same message would be refused again, so no Retry; the text stays to edit.
+        error.refused = response.status < 500;
+        throw error;
       }
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
@@ -153,9 +157,14 @@
     } catch (err) {
       failed = true;
       if (answer) answer.li.remove();
-      mine.li.classList.add("message-failed");
       prompt.value = text;  // never lose what the user wrote
       showError(err.message || "The message could not be sent.");
+      if (err.refused) {
+        mine.li.remove();
+        retry.hidden = true;
+      } else {
+        mine.li.classList.add("message-failed");
+      }
     } finally {
       setBusy(false);
       if (!failed) prompt.focus();
@@ -174,9 +183,10 @@
       form.requestSubmit();
     }
   });
+  // Retry submits the form (it works without JavaScript too); the failed copy of the
+  // prompt makes way for the one the new attempt shows.
   retry.addEventListener("click", function () {
     const failedMessages = list.querySelectorAll(".message-user.message-failed");
     if (failedMessages.length) failedMessages[failedMessages.length - 1].remove();
-    form.requestSubmit();
   });
 })();

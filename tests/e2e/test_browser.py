@@ -120,7 +120,7 @@ def test_sign_up_chat_see_the_cost_and_log_out(page, live_server, django_user_mo
     page.screenshot(path=ARTIFACTS / "admin-users.png", full_page=True)
 
 
-def test_a_refused_message_keeps_the_prompt_and_offers_a_retry(
+def test_a_refused_message_keeps_the_prompt_and_writes_nothing(
     page, live_server, django_user_model
 ):
     user = django_user_model.objects.create_user("dave", "dave@example.com", PASSWORD)
@@ -133,5 +133,8 @@ def test_a_refused_message_keeps_the_prompt_and_offers_a_retry(
     page.locator("#chat-error").wait_for(state="visible")
     assert "Usage limit reached" in page.inner_text("#chat-error-text")
     assert page.input_value("#prompt") == "Keep this prompt, please"
-    assert page.is_visible("#retry")
+    # The same message would be refused again: no Retry, no sent bubble, nothing saved.
+    assert not page.is_visible("#retry")
+    assert page.locator(".message-user").count() == 0
+    assert not user.conversations.exists()
     page.screenshot(path=ARTIFACTS / "chat-limit.png", full_page=True)
