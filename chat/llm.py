@@ -11,6 +11,7 @@ https://platform.openai.com/docs/api-reference/chat/create
 
 import asyncio
 import logging
+import re
 import threading
 import time
 import weakref
@@ -162,6 +163,18 @@ def _call_options(
     return options
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """Model output as storable text: lone surrogates (no UTF-8 form) become U+FFFD.
+
+    A provider can send them as JSON escapes; the database and the browser cannot take
+    them, and the answer is billed either way, so it must be saved.
+    """
+    return _SURROGATES.sub("\ufffd", text)
+
+
 def _usage(raw) -> TokenUsage | None:
     if raw is None or raw.prompt_tokens is None or raw.completion_tokens is None:
         return None
@@ -240,7 +253,7 @@ async def complete(messages: list[dict], *, until: float, **context) -> Completi
         async with asyncio.timeout(_remaining(until)):
             response = await client().chat.completions.create(**options)
         choice = response.choices[0]
-        text = choice.message.content or ""
+        text = clean_text(choice.message.content or "")
     except TimeoutError as exc:
         raise deadline_error() from exc
     except (openai.OpenAIError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
@@ -290,6 +303,7 @@ class Stream:
                 if choice.finish_reason:
                     self.finish_reason = choice.finish_reason
                 delta += (choice.delta.content if choice.delta else None) or ""
+            delta = clean_text(delta)
             if delta:
                 self.parts.append(delta)
                 return delta

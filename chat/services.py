@@ -29,10 +29,11 @@ from usage.pricing import UnknownModelError
 class ChatError(Exception):
     """Anything that stops a turn, with the status and code the API answers."""
 
-    def __init__(self, code: str, message: str, status: int, **extra):
+    def __init__(self, code: str, message: str, status: int, retry_after=None, **extra):
         self.code = code
         self.message = message
         self.status = status
+        self.retry_after = retry_after  # seconds, for the Retry-After header of a 429
         self.extra = extra
         super().__init__(message)
 
@@ -65,6 +66,12 @@ def clean_prompt(value) -> str:
         )
     if "\x00" in prompt:
         raise ChatError("invalid_prompt", "The prompt contains a NUL character.", 400)
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800", legal in JSON
+        raise ChatError(
+            "invalid_prompt", "The prompt contains characters that are not valid text.", 400
+        ) from exc
     return prompt
 
 
@@ -119,7 +126,14 @@ def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
     """What a turn refused before the call says; it wrote nothing."""
     extra = {"conversation_id": str(conversation.pk)} if conversation else {}
     if isinstance(exc, limits.UsageLimitReached):
-        return ChatError("usage_limit_reached", str(exc), 429, **extra, **exc.as_dict())
+        return ChatError(
+            "usage_limit_reached",
+            str(exc),
+            429,
+            retry_after=exc.retry_after,
+            **extra,
+            **exc.as_dict(),
+        )
     return ChatError("model_not_priced", str(exc), 503, **extra)
 
 

@@ -18,10 +18,15 @@ from chatusage.db import step
 
 
 async def _check_rate(user) -> None:
-    if not await sync_to_async(ratelimit.hit)(f"chat:{user.pk}"):
-        # A new error each time: a shared instance would chain every request's traceback.
+    wait = await sync_to_async(ratelimit.wait_seconds)(f"chat:{user.pk}")
+    if wait:
+        # A new error each time: one shared instance chained every request's traceback
+        # (and so every rate-limited request and its body) onto itself.
         raise services.ChatError(
-            "rate_limited", "Too many messages in a short time. Wait a moment and try again.", 429
+            "rate_limited",
+            f"Too many messages in a short time. Try again in {wait} seconds.",
+            429,
+            retry_after=wait,
         )
 
 
@@ -57,7 +62,7 @@ async def _post_without_js(request, conversation):
         conversation_id = exc.extra.get("conversation_id")
         if conversation is None and conversation_id:
             conversation = await step(services.conversation_for, request.user, conversation_id)
-        return await step(
+        response = await step(
             _page,
             request,
             conversation,
@@ -65,6 +70,9 @@ async def _post_without_js(request, conversation):
             error_message=exc.message,
             status=exc.status,
         )
+        if exc.retry_after:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     return redirect("chat:conversation", conversation_id=answer.conversation.pk)
 
 
@@ -143,7 +151,10 @@ async def api_chat(request: HttpRequest) -> HttpResponse:
             return EventStreamResponse(turn)
         answer = await services.answer(turn)
     except services.ChatError as exc:
-        return error(exc.message, exc.code, exc.status, **exc.extra)
+        response = error(exc.message, exc.code, exc.status, **exc.extra)
+        if exc.retry_after:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     except Http404:
         return error("No such conversation.", "not_found", 404)
     return JsonResponse(

@@ -69,6 +69,8 @@ def json_body(request) -> dict:
         raise ValueError("The body is not valid UTF-8.") from exc
     except json.JSONDecodeError as exc:
         raise ValueError(f"The body is not valid JSON: {exc.msg}.") from exc
+    except RecursionError as exc:  # "[" * 100000 fits in the size limit
+        raise ValueError("The body is nested too deeply.") from exc
     if not isinstance(data, dict):
         raise ValueError("The body must be a JSON object.")
     return data

@@ -7,6 +7,7 @@ the smoothing of bursts is lost while the cache is away.
 
 import functools
 import logging
+import math
 import time
 
 from django.conf import settings
@@ -35,12 +36,13 @@ def parse_rate(rate: str) -> tuple[int, int]:
     return int(count), int(seconds or 60)
 
 
-def hit(key: str, rate: str | None = None) -> bool:
-    """Count one request for `key`; False once the window's allowance is used up."""
+def wait_seconds(key: str, rate: str | None = None) -> int:
+    """Count one request for `key`: 0 if it may go ahead, else seconds until the window ends."""
     limit, window = parse_rate(rate or settings.CHAT_RATE_LIMIT)
     if limit <= 0:
-        return True
-    bucket = f"ratelimit:{key}:{int(time.time() // window)}"
+        return 0
+    now = time.time()
+    bucket = f"ratelimit:{key}:{int(now // window)}"
     cache = _cache()
     try:
         # add() is atomic: only the first request of a window creates the counter.
@@ -52,5 +54,7 @@ def hit(key: str, rate: str | None = None) -> bool:
             count = 1
     except CACHE_ERRORS as exc:
         log.warning("Rate limit not applied: the cache did not answer (%s).", type(exc).__name__)
-        return True
-    return count <= limit
+        return 0
+    if count <= limit:
+        return 0
+    return max(1, math.ceil(window - now % window))

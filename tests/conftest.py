@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import httpx2
 import pytest
+import requests
 import responses
 from django.core.cache import cache
 from django.test import Client
@@ -49,6 +50,15 @@ def _isolation(settings):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         yield mock
         analytics.reset(flush=True)  # drain queued events while `responses` still answers
+        # An HTTP request nobody registered fails the test: the code under test may catch
+        # the ConnectionError `responses` raises and fall back silently (to the ledger, say).
+        unexpected = [
+            call.request.url
+            for call in mock.calls
+            if isinstance(call.response, requests.ConnectionError)
+            and "Connection refused by Responses" in str(call.response)
+        ]
+        assert not unexpected, f"unexpected HTTP requests: {unexpected}"
     llm.use_http_client(None)
     views.close_health_connection()  # or the test database could not be dropped
     cache.clear()

@@ -193,7 +193,7 @@ def test_it_falls_back_to_the_ledger_when_posthog_fails(
     assert 'id="stat-messages">4<' in page
     data = client.get("/api/usage/").json()
     assert data["source"] == "ledger"
-    assert data["usage"]["messages"] == 4
+    assert data["totals"]["messages"] == 4
 
 
 def test_it_falls_back_to_the_ledger_when_posthog_times_out(
@@ -228,7 +228,7 @@ def test_an_earlier_cycle_can_be_picked(anchored, history):
     data = client.get("/api/usage/?cycle=2026-10-15").json()
     assert data["cycle"]["start"].startswith("2026-09-30")
     assert data["cycle"]["current"] is False
-    assert data["usage"]["messages"] == 1  # the 30 October call
+    assert data["totals"]["messages"] == 1  # the 30 October call
     assert client.get("/usage/?cycle=2026-10-15").status_code == 200
 
 
@@ -245,8 +245,8 @@ def test_users_see_only_their_own_numbers(anchored, history, bob):
     client = Client()
     client.force_login(bob)
     data = client.get(f"/api/usage/?userId={anchored.pk}&user_id={anchored.pk}").json()
-    assert data["usage"]["messages"] == 1
-    assert data["usage"]["input_tokens"] == 5000
+    assert data["totals"]["messages"] == 1
+    assert data["totals"]["input_tokens"] == 5000
     csv_text = b"".join(client.get(f"/usage/export.csv?userId={anchored.pk}").streaming_content)
     rows = list(csv.DictReader(io.StringIO(csv_text.decode())))
     assert len(rows) == 1
@@ -257,8 +257,8 @@ def test_the_api_returns_the_seeds_keys_and_the_rest(anchored, history):
     client = Client()
     client.force_login(anchored)
     data = client.get("/api/usage/").json()
-    assert data["usage"]["messages"] == 4
-    assert data["estimatedCost"] == float(data["usage"]["cost"])
+    assert data["totals"]["messages"] == 4
+    assert data["estimatedCost"] == float(data["totals"]["cost"])
     assert data["budget"]["budget_usd"] == "5.00"
     assert len(data["daily"]) == 30
     assert {m["model"] for m in data["models"]} == {"gpt-4o", "gpt-4o-mini", "gpt-4.1-nano"}

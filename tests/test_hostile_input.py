@@ -129,10 +129,10 @@ def test_other_users_ids_are_ignored_by_the_usage_api(alice_client, alice, bob):
     )
     bob_client = Client()
     bob_client.force_login(bob)
-    assert bob_client.get("/api/usage/").json()["usage"]["messages"] == 1
+    assert bob_client.get("/api/usage/").json()["totals"]["messages"] == 1
     for param in ("userId", "user_id", "user", "distinct_id"):
         data = alice_client.get(f"/api/usage/?{param}={bob.pk}").json()
-        assert data["usage"]["messages"] == 0
+        assert data["totals"]["messages"] == 0
 
 
 def test_the_usage_api_refuses_other_methods(alice_client):

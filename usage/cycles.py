@@ -82,12 +82,37 @@ def cycle_for(account, at: datetime | None = None) -> Cycle:
     return cycle_containing(account.billing_anchor.day, local_day(at or timezone.now(), tz), tz)
 
 
+def first_cycle(account) -> Cycle:
+    """The account's first cycle: the one containing its anchor date (the day it joined)."""
+    return cycle_containing(
+        account.billing_anchor.day, account.billing_anchor, settings.USAGE_TIME_ZONE
+    )
+
+
+class NoSuchCycle(ValueError):
+    """A day outside the cycles the account has had (before its first, after its current)."""
+
+
+def account_cycle(account, day: date, at: datetime | None = None) -> Cycle:
+    """The account's cycle containing local `day`: the one definition of a valid cycle."""
+    current = cycle_for(account, at)
+    if day >= current.end_date:
+        raise NoSuchCycle("That cycle has not started yet.")
+    first = first_cycle(account)
+    if day < first.start_date:
+        raise NoSuchCycle(
+            f"Usage starts with the cycle of {first.start_date:%-d %b %Y}; there is none before."
+        )
+    return cycle_containing(account.billing_anchor.day, day, current.tz)
+
+
 def earlier_cycles(account, count: int, at: datetime | None = None) -> list[Cycle]:
-    """The current cycle and up to `count - 1` before it, newest first, none before the anchor."""
+    """The current cycle and up to `count - 1` before it, newest first, none before the first."""
     anchor_day = account.billing_anchor.day
+    first = first_cycle(account)
     cycle = cycle_for(account, at)
     cycles = [cycle]
-    while len(cycles) < count and cycle.start_date > account.billing_anchor:
+    while len(cycles) < count and cycle.start_date > first.start_date:
         cycle = cycle.previous(anchor_day)
         cycles.append(cycle)
     return cycles

@@ -146,6 +146,11 @@ class UsageLimitReached(Exception):
             )
         super().__init__(message)
 
+    @property
+    def retry_after(self) -> int:
+        """Seconds until the cycle resets, when a refused message could go through."""
+        return max(1, math.ceil((self.spend.cycle.end - timezone.now()).total_seconds()))
+
     def as_dict(self) -> dict:
         return {
             "reason": self.reason,

@@ -138,8 +138,11 @@ class UsageReport:
             return data
 
         return {
-            "usage": totals(self.totals),
+            # The original tutorial's page renders usage.toLocaleString() + " messages" and
+            # estimatedCost.toFixed(6): both stay plain numbers (DESIGN.md's URL contract).
+            "usage": self.totals.messages,
             "estimatedCost": float(self.totals.cost),
+            "totals": totals(self.totals),
             "currency": "USD",
             "cycle": {
                 "start": self.cycle.start.isoformat(),

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET, require_POST
 from chatusage.api import api_view, error
 from usage import reports
 from usage.charts import daily_cost_chart
-from usage.cycles import Cycle, cycle_containing, cycle_for, earlier_cycles
+from usage.cycles import Cycle, NoSuchCycle, account_cycle, cycle_for, earlier_cycles
 from usage.exports import csv_lines
 from usage.models import Generation
 
@@ -25,29 +25,30 @@ class BadCycle(ValueError):
 
 
 def _cycle_from(request, account) -> Cycle:
-    """?cycle=YYYY-MM-DD picks the cycle containing that day; none after the current one."""
-    current = cycle_for(account)
+    """?cycle=YYYY-MM-DD picks the account's cycle containing that day (default: the current)."""
     raw = request.GET.get("cycle", "")
     if not raw:
-        return current
+        return cycle_for(account)
     try:
         day = date.fromisoformat(raw)
     except ValueError as exc:
         raise BadCycle("The cycle must be a date written YYYY-MM-DD.") from exc
-    if day >= current.end_date:
-        raise BadCycle("That cycle has not started yet.")
-    return cycle_containing(account.billing_anchor.day, day, current.tz)
+    try:
+        return account_cycle(account, day)
+    except NoSuchCycle as exc:
+        raise BadCycle(str(exc)) from exc
 
 
 @login_required
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
     account = reports.account_for(request.user)
+    status = 200
     try:
         cycle = _cycle_from(request, account)
-    except BadCycle as exc:
+    except BadCycle as exc:  # show the current cycle, say why, and answer 400
         messages.error(request, str(exc))
-        return redirect("usage:dashboard")
+        cycle, status = cycle_for(account), 400
     report = reports.report_for(request.user, cycle, account=account)
     return render(
         request,
@@ -63,6 +64,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                 else None
             ),
         },
+        status=status,
     )
 
 
