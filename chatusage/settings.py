@@ -5,7 +5,8 @@ with nothing configured (SQLite, local memory cache, offline demo model, no
 PostHog); production refuses to start without SECRET_KEY.
 """
 
-from decimal import Decimal
+import re
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -201,10 +202,9 @@ OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=30.0)  # one connect or rea
 # reservation outlives it by RESERVATION_MARGIN_SECONDS, so no live call loses its hold.
 OPENAI_DEADLINE = env.float("OPENAI_DEADLINE", default=120.0)
 RESERVATION_MARGIN_SECONDS = 60
-if OPENAI_MAX_TOKENS < 1 or OPENAI_TIMEOUT <= 0 or OPENAI_DEADLINE <= 0:
-    raise ImproperlyConfigured(
-        "OPENAI_MAX_TOKENS, OPENAI_TIMEOUT and OPENAI_DEADLINE must be positive."
-    )
+for _name in ("OPENAI_MAX_TOKENS", "OPENAI_TIMEOUT", "OPENAI_DEADLINE"):
+    if globals()[_name] <= 0:
+        raise ImproperlyConfigured(f"{_name} must be positive (it is {globals()[_name]}).")
 # The model the offline demo answers as; priced like gpt-4o-mini in the price table.
 DEMO_MODEL = "chatusage-demo"
 DEMO_STREAM_DELAY = env.float("DEMO_STREAM_DELAY", default=0.02)
@@ -216,6 +216,11 @@ CHAT_MAX_PROMPT_CHARS = 8000
 # upper bound on tokens), so the worst-case reservation stays bounded.
 CHAT_HISTORY_BYTES = env.int("CHAT_HISTORY_BYTES", default=24000)
 CHAT_RATE_LIMIT = env.str("CHAT_RATE_LIMIT", default="20/60")  # requests / seconds per user
+if not re.fullmatch(r"\d+/[1-9]\d*", CHAT_RATE_LIMIT):
+    raise ImproperlyConfigured(
+        f"CHAT_RATE_LIMIT must be requests/seconds such as 20/60 (0/60 turns it off), "
+        f"not {CHAT_RATE_LIMIT!r}."
+    )
 
 # --- PostHog --------------------------------------------------------------
 POSTHOG_API_KEY = env.str("POSTHOG_API_KEY", default="")
@@ -245,15 +250,25 @@ try:
     USAGE_TIME_ZONE = ZoneInfo(env.str("USAGE_TIME_ZONE", default="UTC"))
 except (ZoneInfoNotFoundError, ValueError) as exc:
     raise ImproperlyConfigured(f"USAGE_TIME_ZONE is not a known time zone: {exc}") from exc
-USAGE_DEFAULT_BUDGET_USD = env.get_value(
-    "USAGE_DEFAULT_BUDGET_USD", cast=Decimal, default=Decimal("5.00")
-)
+try:
+    USAGE_DEFAULT_BUDGET_USD = env.get_value(
+        "USAGE_DEFAULT_BUDGET_USD", cast=Decimal, default=Decimal("5.00")
+    )
+except InvalidOperation as exc:
+    raise ImproperlyConfigured("USAGE_DEFAULT_BUDGET_USD must be an amount such as 5.00.") from exc
 USAGE_DEFAULT_MESSAGE_LIMIT = env.int("USAGE_DEFAULT_MESSAGE_LIMIT", default=0)
-if USAGE_DEFAULT_BUDGET_USD < 0 or USAGE_DEFAULT_MESSAGE_LIMIT < 0:
-    raise ImproperlyConfigured("Usage budgets and limits cannot be negative (0 means no cap).")
 # How long a PostHog report is cached per (user, cycle), and the refresh throttle.
 USAGE_CACHE_SECONDS = env.int("USAGE_CACHE_SECONDS", default=300)
 USAGE_REFRESH_SECONDS = env.int("USAGE_REFRESH_SECONDS", default=60)
+for _name in (
+    "USAGE_DEFAULT_BUDGET_USD",
+    "USAGE_DEFAULT_MESSAGE_LIMIT",
+    "USAGE_CACHE_SECONDS",
+    "USAGE_REFRESH_SECONDS",
+    "CHAT_HISTORY_BYTES",
+):
+    if globals()[_name] < 0:
+        raise ImproperlyConfigured(f"{_name} cannot be negative (it is {globals()[_name]}).")
 
 # Demo data (seed_demo) is only loaded by `make run`, which sets DEBUG on.
 DEMO_PASSWORD = "demo-pass-2026"

@@ -3,9 +3,11 @@
 import json
 
 import pytest
+import responses
 from django.test import Client
 
 from chat.models import Conversation, Message
+from usage.cycles import cycle_for
 from usage.limits import TokenUsage, reserve, settle
 from usage.models import Generation
 
@@ -28,6 +30,15 @@ CHAT_CASES = [
     ("prompt list", {"prompt": ["a"]}, "application/json", 400, "invalid_prompt"),
     ("prompt object", {"prompt": {"$gt": ""}}, "application/json", 400, "invalid_prompt"),
     ("prompt nul", {"prompt": "a\u0000b"}, "application/json", 400, "invalid_prompt"),
+    ("prompt lone surrogate", b'{"prompt": "\\ud800"}', "application/json", 400, "invalid_prompt"),
+    ("deeply nested", b"[" * 100_000, "application/json", 400, "invalid_json"),
+    (
+        "deeply nested object",
+        b'{"prompt": ' + b"[" * 100_000,
+        "application/json",
+        400,
+        "invalid_json",
+    ),
     ("prompt too long", {"prompt": "é" * 8001}, "application/json", 400, "prompt_too_long"),
     (
         "huge body",
@@ -108,19 +119,34 @@ def test_anonymous_requests_are_401(client, db):
     assert client.get("/api/usage/").status_code == 401
 
 
-@pytest.mark.parametrize(
-    ("query", "status", "code"),
-    [
-        ("?cycle=not-a-date", 400, "invalid_cycle"),
-        ("?cycle=2026-13-45", 400, "invalid_cycle"),
-        ("?cycle=9999-01-01", 400, "invalid_cycle"),
-        ("?cycle=%00", 400, "invalid_cycle"),
-    ],
-)
-def test_hostile_usage_queries(alice_client, query, status, code):
+CYCLE_QUERIES = [
+    "?cycle=not-a-date",
+    "?cycle=2026-13-45",
+    "?cycle=9999-01-01",
+    "?cycle=%00",
+    "?cycle=0001-01-01",  # year 0 is out of range one cycle earlier
+    "?cycle=2020-01-01",  # before the account's first cycle
+]
+
+
+@pytest.mark.parametrize("query", CYCLE_QUERIES)
+def test_hostile_usage_queries_are_400s_and_never_reach_posthog(
+    alice_client, alice, posthog_query, requests_mock, query
+):
+    requests_mock.add(responses.POST, posthog_query, json={"results": [], "columns": []})
     response = alice_client.get(f"/api/usage/{query}")
-    assert response.status_code == status
-    assert response.json()["code"] == code
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_cycle"
+    export = alice_client.get(f"/usage/export.csv{query}")
+    assert export.status_code == 400 and export["Content-Type"].startswith("text/plain")
+    assert len(requests_mock.calls) == 0  # neither asked PostHog anything
+    # The page says why and shows the current cycle instead (PostHog is asked for that one).
+    page = alice_client.get(f"/usage/{query}")
+    assert page.status_code == 400
+    current = cycle_for(alice.usage_account)
+    for call in requests_mock.calls:
+        sent = json.loads(call.request.body)["query"]["values"]
+        assert sent["start"] == current.start.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def test_other_users_ids_are_ignored_by_the_usage_api(alice_client, alice, bob):

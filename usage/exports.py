@@ -23,6 +23,19 @@ COLUMNS = [
 STAFF_COLUMNS = [*COLUMNS, "user", "error"]
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value):
+    """A text cell a spreadsheet would run as a formula gets a leading apostrophe.
+
+    https://owasp.org/www-community/attacks/CSV_Injection
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 class _Echo:
     """A file-like object whose write() returns the line, for streaming csv.writer output."""
 
@@ -53,4 +66,4 @@ def csv_lines(
         ]
         if staff:
             row += [g.user.get_username(), g.error]
-        yield writer.writerow(row)
+        yield writer.writerow([safe_cell(value) for value in row])

@@ -70,6 +70,14 @@ class UsageAccount(models.Model):
 
     objects = UsageAccountManager()
 
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(budget_usd__isnull=True) | Q(budget_usd__gte=0),
+                name="usageaccount_budget_non_negative",
+            )
+        ]
+
     def __str__(self):
         return f"Usage account of {self.user}"
 

@@ -1,0 +1,121 @@
+"""Faults and abuse found in review: each test failed on the code before the fix."""
+
+import csv
+import gc
+import io
+import json
+import weakref
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.db import IntegrityError, transaction
+from django.test import Client
+
+from chat import views
+from chat.models import Message
+from tests.conftest import hold_budget, set_budget
+from tests.test_accounts import PRODUCTION_ENV, _manage
+from tests.test_chat import OPENAI_COMPLETION, api_request, post
+from usage.models import Generation, UsageAccount
+
+pytestmark = pytest.mark.django_db
+
+
+def test_rate_limited_requests_are_not_kept_alive(alice, openai_mock, settings):
+    """One shared error instance chained every 429's traceback (and request) onto itself."""
+    settings.CHAT_RATE_LIMIT = "1/60"
+    alive = []
+    for n in range(30):
+        request = api_request(alice, {"prompt": "x" * 1000 + str(n)})
+        response = async_to_sync(views.api_chat)(request)
+        alive.append(weakref.ref(request))
+        del request
+        if n:
+            assert response.status_code == 429
+    gc.collect()
+    assert sum(ref() is not None for ref in alive) == 0
+
+
+def test_every_429_says_when_to_come_back(alice_client, alice, openai_mock, settings):
+    settings.CHAT_RATE_LIMIT = "1/60"
+    post(alice_client, {"prompt": "one"})
+    limited = post(alice_client, {"prompt": "two"})
+    assert limited.status_code == 429
+    assert 1 <= int(limited["Retry-After"]) <= 60
+    settings.CHAT_RATE_LIMIT = "1000/60"
+    set_budget(alice, "0.01")
+    hold_budget(alice, "0.01")
+    refused = post(alice_client, {"prompt": "three"})
+    assert refused.json()["code"] == "usage_limit_reached"
+    assert int(refused["Retry-After"]) > 3600  # the cycle resets days from now
+    form = alice_client.post("/chat/", {"prompt": "four"})
+    assert form.status_code == 429 and int(form["Retry-After"]) > 3600
+
+
+def test_a_lone_surrogate_in_the_models_answer_is_saved_and_billed(
+    alice_client, alice, openai_mock
+):
+    body = json.loads(json.dumps(OPENAI_COMPLETION))
+    body["choices"][0]["message"]["content"] = "broken \ud800 text"
+    openai_mock.answer(
+        content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    response = post(alice_client, {"prompt": "Say something odd"})
+    assert response.status_code == 200
+    assert response.json()["response"] == "broken \ufffd text"
+    assert Message.objects.get(role="assistant").content == "broken \ufffd text"
+    assert Generation.objects.get(user=alice).status == "ok"
+
+
+def test_exports_cannot_carry_spreadsheet_formulas(alice, staff_client):
+    alice.username = '=HYPERLINK("http://evil.example")'
+    alice.save()
+    Generation.objects.create(
+        user=alice,
+        model="@SUM(1+1)",
+        provider="-2+3",
+        status="ok",
+        price_input_per_1m=0,
+        price_cached_input_per_1m=0,
+        price_output_per_1m=0,
+        error="+cmd|' /C calc'!A0",
+    )
+    client = Client()
+    client.force_login(alice)
+    user_rows = list(
+        csv.DictReader(
+            io.StringIO(b"".join(client.get("/usage/export.csv").streaming_content).decode())
+        )
+    )
+    assert (user_rows[0]["model"], user_rows[0]["provider"]) == ("'@SUM(1+1)", "'-2+3")
+    generation = Generation.objects.get(user=alice)
+    response = staff_client.post(
+        "/admin/usage/generation/",
+        {"action": "export_csv", "_selected_action": [str(generation.pk)]},
+    )
+    [row] = csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode()))
+    assert row["user"].startswith("'=") and row["error"].startswith("'+")
+
+
+def test_a_negative_budget_cannot_be_stored(alice):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        UsageAccount.objects.filter(user=alice).update(budget_usd=Decimal("-1"))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("CHAT_RATE_LIMIT", "twenty", "CHAT_RATE_LIMIT must be requests/seconds"),
+        ("CHAT_RATE_LIMIT", "20/0", "CHAT_RATE_LIMIT must be requests/seconds"),
+        ("USAGE_CACHE_SECONDS", "-5", "USAGE_CACHE_SECONDS cannot be negative"),
+        ("USAGE_REFRESH_SECONDS", "-1", "USAGE_REFRESH_SECONDS cannot be negative"),
+        ("USAGE_DEFAULT_BUDGET_USD", "-2", "USAGE_DEFAULT_BUDGET_USD cannot be negative"),
+        ("USAGE_DEFAULT_BUDGET_USD", "a lot", "USAGE_DEFAULT_BUDGET_USD must be an amount"),
+        ("OPENAI_DEADLINE", "0", "OPENAI_DEADLINE must be positive"),
+    ],
+)
+def test_malformed_settings_refuse_to_start_and_name_the_variable(name, value, message):
+    result = _manage("check", env={**PRODUCTION_ENV, name: value})
+    assert result.returncode != 0
+    assert message in result.stderr
