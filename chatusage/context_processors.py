@@ -6,4 +6,5 @@ def product(request):
     return {
         "demo_mode": not settings.OPENAI_API_KEY,
         "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
+        "usage_time_zone": settings.USAGE_TIME_ZONE.key,  # the zone every page shows times in
     }

@@ -5,29 +5,15 @@ The budget itself is enforced by a row lock in the database, so money stays safe
 the smoothing of bursts is lost while the cache is away.
 """
 
-import functools
 import logging
 import math
 import time
 
 from django.conf import settings
-from django.core.cache import caches
-from redis import RedisError
+
+from chatusage.cache import CACHE_ERRORS, shared
 
 log = logging.getLogger(__name__)
-
-CACHE_ERRORS = (RedisError, OSError)  # a refused, dropped or timed-out cache connection
-
-
-@functools.cache
-def _cache():
-    """One cache client per process.
-
-    `django.core.cache.cache` is per thread and per async context: under ASGI every
-    request would open (and handshake) a new Redis connection. A Redis client is safe to
-    share, and the local-memory cache keeps one store per process anyway.
-    """
-    return caches.create_connection("default")
 
 
 def parse_rate(rate: str) -> tuple[int, int]:
@@ -43,7 +29,7 @@ def wait_seconds(key: str, rate: str | None = None) -> int:
         return 0
     now = time.time()
     bucket = f"ratelimit:{key}:{int(now // window)}"
-    cache = _cache()
+    cache = shared()
     try:
         # add() is atomic: only the first request of a window creates the counter.
         cache.add(bucket, 0, timeout=window + 1)

@@ -2,7 +2,7 @@ import csv
 import io
 import json
 from collections import defaultdict
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from unittest import mock
 from zoneinfo import ZoneInfo
@@ -12,7 +12,7 @@ import responses
 from django.test import Client
 
 from usage import reports
-from usage.cycles import cycle_for, local_day
+from usage.cycles import Cycle, cycle_for, local_day
 from usage.limits import TokenUsage, reserve, settle
 from usage.models import Generation, UsageAccount
 from usage.pricing import price_for
@@ -204,7 +204,10 @@ def test_it_falls_back_to_the_ledger_when_posthog_times_out(
     requests_mock.add(responses.POST, posthog_query, body=requests.ReadTimeout("slow"))
     report = reports.report_for(anchored)
     assert report.source == "ledger"
-    assert "did not answer in time" in report.note
+    # Users read a plain note; the cause goes to the log and to staff.
+    assert report.note == reports.LEDGER_NOTE
+    health = reports.posthog_health()
+    assert not health["ok"] and "did not answer in time" in health["detail"]
     # While PostHog is down the dashboard does not keep knocking.
     reports.report_for(anchored)
     assert len(requests_mock.calls) == 1
@@ -290,3 +293,79 @@ def test_the_budget_shows_what_is_left_and_what_is_held(anchored, history):
         report.spend.budget - report.spend.settled_cost - report.spend.pending_cost
     )
     assert cycle_for(anchored.usage_account) == report.cycle
+
+
+# --- PostHog's shared quota ---------------------------------------------------
+
+
+def _empty_answer(requests_mock, url):
+    requests_mock.add(responses.POST, url, json={"results": [], "columns": []})
+
+
+def test_a_wrong_project_is_a_configuration_error_shown_to_staff_not_users(
+    anchored, posthog_query, requests_mock, staff_client
+):
+    requests_mock.add(
+        responses.POST, posthog_query, status=404, json={"type": "invalid_request", "detail": "x"}
+    )
+    client = Client()
+    client.force_login(anchored)
+    page = client.get("/usage/").content.decode()
+    assert reports.LEDGER_NOTE.replace(":", "") in page.replace(":", "")
+    assert "4242" not in page and "POSTHOG_PROJECT_ID" not in page
+    admin = staff_client.get("/admin/").content.decode()
+    assert "PostHogConfigError" in admin and "check POSTHOG_PROJECT_ID" in admin
+
+
+def test_the_report_cache_key_moves_with_the_cycles_end(anchored, posthog_query, requests_mock):
+    _empty_answer(requests_mock, posthog_query)
+    cycle = cycle_for(anchored.usage_account)
+    reports.report_for(anchored, cycle)
+    reports.report_for(anchored, cycle)
+    assert len(requests_mock.calls) == 1  # cached
+    moved = Cycle(cycle.start_date, cycle.end_date + timedelta(days=1), cycle.tz)
+    reports.report_for(anchored, moved)
+    assert len(requests_mock.calls) == 2
+
+
+def test_closed_cycles_stay_cached_when_the_current_one_does_not(
+    anchored, history, posthog_query, requests_mock, settings
+):
+    settings.USAGE_CACHE_SECONDS = 0  # the current cycle is asked every time
+    _empty_answer(requests_mock, posthog_query)
+    current = cycle_for(anchored.usage_account)
+    earlier = current.previous(anchored.usage_account.billing_anchor.day)
+    for _ in range(3):
+        reports.report_for(anchored, current)
+        reports.report_for(anchored, earlier)
+    sent = [json.loads(c.request.body)["query"]["values"]["start"] for c in requests_mock.calls]
+    assert sent.count(reports.query_values(anchored.pk, earlier)["start"]) == 1
+    assert sent.count(reports.query_values(anchored.pk, current)["start"]) == 3
+
+
+def test_one_user_cannot_spend_the_projects_query_quota(
+    anchored, posthog_query, requests_mock, settings
+):
+    settings.USAGE_CACHE_SECONDS = 0
+    _empty_answer(requests_mock, posthog_query)
+    limit = int(reports.POSTHOG_QUERIES_PER_USER.split("/")[0])
+    notes = [reports.report_for(anchored).note for _ in range(limit + 5)]
+    assert len(requests_mock.calls) == limit
+    assert notes[-1].startswith("PostHog was asked often just now")
+
+
+def test_only_one_request_per_user_and_cycle_asks_posthog_at_a_time(
+    anchored, posthog_query, requests_mock
+):
+    from chatusage import cache as shared_cache
+
+    _empty_answer(requests_mock, posthog_query)
+    cycle = cycle_for(anchored.usage_account)
+    in_flight = reports._cache_key(anchored.pk, cycle) + ":in-flight"
+    shared_cache.add(in_flight, 1, 30, when_down=False)  # another request is asking now
+    report = reports.report_for(anchored, cycle)
+    assert (report.source, len(requests_mock.calls)) == ("ledger", 0)
+    assert "being asked" in report.note
+    shared_cache.delete(in_flight)
+    assert reports.report_for(anchored, cycle).source == "posthog"
+    assert shared_cache.get(in_flight) is None  # released after its answer

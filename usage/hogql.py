@@ -42,6 +42,10 @@ class PostHogNotConfigured(PostHogError):
     pass
 
 
+class PostHogConfigError(PostHogError):
+    """404: no such project (a wrong POSTHOG_PROJECT_ID or API host). Not transient."""
+
+
 @dataclass(frozen=True)
 class QueryResult:
     columns: list[str]
@@ -122,6 +126,12 @@ def run(query: str, values: dict[str, Any], name: str, refresh: str = "blocking"
         raise PostHogQueryError(f"PostHog refused the query: {detail}")
     if status in (401, 403):
         raise PostHogAuthError(f"PostHog refused the credentials (HTTP {status}): {detail}")
+    if status == 404:
+        raise PostHogConfigError(
+            f"PostHog has no project {settings.POSTHOG_PROJECT_ID} at "
+            f"{settings.POSTHOG_API_HOST} (HTTP 404): check POSTHOG_PROJECT_ID and "
+            "POSTHOG_API_HOST."
+        )
     if status == 429:
         raise PostHogUnavailable("PostHog is throttling queries.", _retry_after(response))
     raise PostHogUnavailable(f"PostHog failed to answer (HTTP {status}).")

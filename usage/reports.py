@@ -12,9 +12,10 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.cache import cache
 from django.utils import timezone
 
+from chatusage import cache as shared_cache
+from chatusage import ratelimit
 from usage import hogql
 from usage.cycles import Cycle, cycle_for
 from usage.limits import Spend, spend_for
@@ -239,11 +240,43 @@ def posthog_rows(user_id: int, cycle: Cycle, refresh: bool = False) -> list[Row]
     return list(merged.values())
 
 
+# Copies of PostHog's answers are kept per (user, cycle). A closed cycle's numbers no longer
+# change once ingestion has caught up, so they are kept far longer than the current one's.
+CLOSED_CYCLE_CACHE_SECONDS = 24 * 3600
+# Each user may cause this many uncached PostHog queries: the project's HogQL quota
+# (240/min, 2,400/h) is shared with the team's own analytics.
+POSTHOG_QUERIES_PER_USER = "20/3600"
+LEDGER_NOTE = "PostHog could not be read just now: these numbers come from the ledger."
+HEALTH_KEY = "usage-report:posthog-health"
+
+
 def _cache_key(user_id: int, cycle: Cycle) -> str:
-    return f"usage-report:v1:{user_id}:{cycle.start_date.isoformat()}"
+    """Start, end and time zone: a new anchor day keeps a cycle's start but moves its end."""
+    return (
+        f"usage-report:v2:{user_id}:{cycle.start_date.isoformat()}:"
+        f"{cycle.end_date.isoformat()}:{cycle.tz.key}"
+    )
 
 
-def _posthog_or_ledger(user_id, cycle, refresh) -> tuple[list[Row], str, datetime, str]:
+def _record_health(error: hogql.PostHogError | None) -> None:
+    """The last outcome of a PostHog query, for staff (admin index) and the log."""
+    now = timezone.now()
+    if error is None:
+        shared_cache.set(HEALTH_KEY, {"ok": True, "at": now}, 7 * 24 * 3600)
+        return
+    kind = type(error).__name__
+    log.warning("Usage report fell back to the ledger: %s: %s", kind, error)
+    shared_cache.set(
+        HEALTH_KEY, {"ok": False, "at": now, "kind": kind, "detail": str(error)}, 7 * 24 * 3600
+    )
+
+
+def posthog_health() -> dict | None:
+    """{"ok", "at", "kind"?, "detail"?} of the last PostHog query, or None if none yet."""
+    return shared_cache.get(HEALTH_KEY)
+
+
+def _posthog_or_ledger(user_id, cycle, refresh, is_current) -> tuple[list[Row], str, datetime, str]:
     """Rows, source, as-of time and a note for the reader."""
     now = timezone.now()
     wanted = wanted_source()
@@ -254,22 +287,34 @@ def _posthog_or_ledger(user_id, cycle, refresh) -> tuple[list[Row], str, datetim
         return ledger_rows(user_id, cycle), "ledger", now, note
     key = _cache_key(user_id, cycle)
     if not refresh:
-        cached = cache.get(key)
+        cached = shared_cache.get(key)
         if cached is not None:
             rows, as_of = cached
             return rows, "posthog", as_of, ""
-        if cache.get("usage-report:posthog-down"):
-            note = "PostHog did not answer just now: these numbers come from the ledger."
-            return ledger_rows(user_id, cycle), "ledger", now, note
+        if shared_cache.get("usage-report:posthog-down"):
+            return ledger_rows(user_id, cycle), "ledger", now, LEDGER_NOTE
+    if ratelimit.wait_seconds(f"posthog-report:{user_id}", POSTHOG_QUERIES_PER_USER):
+        note = "PostHog was asked often just now: these numbers come from the ledger."
+        return ledger_rows(user_id, cycle), "ledger", now, note
+    # One query per (user, cycle) at a time; whoever comes meanwhile reads the ledger rather
+    # than queueing behind it or asking PostHog again (without a cache, everyone asks).
+    flight = f"{key}:in-flight"
+    if not shared_cache.add(flight, 1, sum(settings.POSTHOG_QUERY_TIMEOUT), when_down=True):
+        note = "PostHog is being asked for these numbers: for now they come from the ledger."
+        return ledger_rows(user_id, cycle), "ledger", now, note
     try:
         rows = posthog_rows(user_id, cycle, refresh=refresh)
     except hogql.PostHogError as exc:
-        log.warning("Usage report fell back to the ledger: %s", exc)
+        _record_health(exc)
         if isinstance(exc, hogql.PostHogUnavailable):
-            cache.set("usage-report:posthog-down", 1, exc.retry_after or POSTHOG_DOWN_SECONDS)
-        note = f"PostHog could not be read ({exc}): these numbers come from the ledger."
-        return ledger_rows(user_id, cycle), "ledger", now, note
-    cache.set(key, (rows, now), settings.USAGE_CACHE_SECONDS)
+            down_for = exc.retry_after or POSTHOG_DOWN_SECONDS
+            shared_cache.set("usage-report:posthog-down", 1, down_for)
+        return ledger_rows(user_id, cycle), "ledger", now, LEDGER_NOTE
+    finally:
+        shared_cache.delete(flight)
+    _record_health(None)
+    timeout = settings.USAGE_CACHE_SECONDS if is_current else CLOSED_CYCLE_CACHE_SECONDS
+    shared_cache.set(key, (rows, now), timeout)
     return rows, "posthog", now, ""
 
 
@@ -311,5 +356,5 @@ def report_for(
     current = cycle_for(account)
     cycle = cycle or current
     spend = spend_for(account, cycle, include_pending=cycle == current)
-    rows, source, as_of, note = _posthog_or_ledger(user.pk, cycle, refresh)
+    rows, source, as_of, note = _posthog_or_ledger(user.pk, cycle, refresh, cycle == current)
     return build_report(cycle, rows, spend, source, as_of, note, is_current=cycle == current)

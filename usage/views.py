@@ -3,13 +3,13 @@ from datetime import date
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from chatusage import cache as shared_cache
 from chatusage.api import api_view, error
 from usage import reports
 from usage.charts import daily_cost_chart
@@ -82,7 +82,9 @@ def refresh(request: HttpRequest) -> HttpResponse:
         url += f"?cycle={cycle.start_date.isoformat()}"
     if reports.wanted_source() != "posthog":
         messages.info(request, "The ledger is always up to date; nothing to refresh.")
-    elif cache.add(f"usage-refresh:{request.user.pk}", 1, settings.USAGE_REFRESH_SECONDS):
+    elif shared_cache.add(
+        f"usage-refresh:{request.user.pk}", 1, settings.USAGE_REFRESH_SECONDS, when_down=False
+    ):
         report = reports.report_for(request.user, cycle, refresh=True, account=account)
         if report.source == "posthog":
             messages.success(request, "Fresh numbers from PostHog.")
