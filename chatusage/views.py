@@ -8,6 +8,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from chatusage import cache as shared_cache
 from chatusage.forms import SignupForm
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,23 @@ def close_health_connection() -> None:
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:
+    """503 when the database does not answer; 200 otherwise, "degraded" without the cache.
+
+    Without the cache the app still serves everything (the rate limit lets requests
+    through, reports skip their copies), and every server shares the same cache, so
+    taking this one out of the load balancer would help nobody: 200, flagged.
+    """
+    cache_up = shared_cache.answers()
     if not _database_answers():
         log.warning("healthz: database unreachable")
-        return JsonResponse({"status": "unavailable", "database": "down"}, status=503)
-    return JsonResponse({"status": "ok", "database": "up"})
+        return JsonResponse(
+            {"status": "unavailable", "database": "down", "cache": "up" if cache_up else "down"},
+            status=503,
+        )
+    if not cache_up:
+        log.warning("healthz: cache unreachable")
+        return JsonResponse({"status": "degraded", "database": "up", "cache": "down"})
+    return JsonResponse({"status": "ok", "database": "up", "cache": "up"})
 
 
 def _wants_json(request: HttpRequest) -> bool:

@@ -102,7 +102,29 @@ def test_navigation_shows_admin_only_to_staff(client, alice, staff):
 def test_healthz_answers_200_with_the_database_up(client, db):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "up"}
+    assert response.json() == {"status": "ok", "database": "up", "cache": "up"}
+
+
+def test_healthz_says_degraded_but_200_when_the_cache_is_down(client, db):
+    from django.test import override_settings
+
+    from chatusage import cache as shared_cache
+
+    dead_redis = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+    shared_cache.shared.cache_clear()
+    try:
+        with override_settings(CACHES=dead_redis):
+            response = client.get("/healthz")
+    finally:
+        shared_cache.shared.cache_clear()
+    assert response.status_code == 200
+    assert response.json() == {"status": "degraded", "database": "up", "cache": "down"}
 
 
 def test_healthz_answers_503_when_the_database_is_down(client, db):

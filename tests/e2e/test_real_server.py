@@ -181,7 +181,7 @@ def test_healthz_reports_a_database_outage_and_recovers_by_itself(app):
             lambda: requests.get(f"{app.url}/healthz", timeout=10).status_code == 503, 15
         )
         response = requests.get(f"{app.url}/healthz", timeout=10)
-        assert response.json() == {"status": "unavailable", "database": "down"}
+        assert response.json()["database"] == "down"
     finally:
         app.proxy.resume()
     assert wait_for(lambda: requests.get(f"{app.url}/healthz", timeout=10).status_code == 200, 15)
