@@ -4,6 +4,7 @@ import csv
 import gc
 import io
 import json
+import re
 import weakref
 from decimal import Decimal
 
@@ -119,3 +120,47 @@ def test_malformed_settings_refuse_to_start_and_name_the_variable(name, value, m
     result = _manage("check", env={**PRODUCTION_ENV, name: value})
     assert result.returncode != 0
     assert message in result.stderr
+
+
+PAGES = ["/chat/", "/usage/", "/accounts/password_change/"]
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_forbid_inline_scripts_and_carry_none(alice_client, path):
+    response = alice_client.get(path)
+    policy = response["Content-Security-Policy"]
+    script_src = next(d for d in policy.split(";") if d.strip().startswith("script-src"))
+    assert script_src.split() == ["script-src", "'self'"]
+    assert "frame-ancestors 'none'" in policy
+    page = response.content.decode()
+    assert not re.search(r"\son[a-z]+=", page), "an inline event handler would be blocked"
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", page), "an inline script"
+
+
+def test_hsts_covers_subdomains_and_preload_only_when_asked():
+    default = _manage("diffsettings", "--all", env=PRODUCTION_ENV).stdout
+    assert "SECURE_HSTS_INCLUDE_SUBDOMAINS = False" in default
+    assert "SECURE_HSTS_PRELOAD = False" in default
+    opted = _manage(
+        "diffsettings",
+        "--all",
+        env={
+            **PRODUCTION_ENV,
+            "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+            "SECURE_HSTS_PRELOAD": "1",
+        },
+    ).stdout
+    assert "SECURE_HSTS_INCLUDE_SUBDOMAINS = True" in opted
+    assert "SECURE_HSTS_PRELOAD = True" in opted
+    clean = _manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        env={
+            **PRODUCTION_ENV,
+            "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+            "SECURE_HSTS_PRELOAD": "1",
+        },
+    )
+    assert clean.returncode == 0, clean.stdout + clean.stderr
