@@ -10,17 +10,22 @@ from django.utils import timezone
 
 from tests.conftest import batched_events
 from usage.limits import TokenUsage, reserve, settle
-from usage.management.commands.reconcile_usage import RECONCILE_QUERY
+from usage.management.commands import reconcile_usage
+from usage.management.commands.reconcile_usage import RECHECK_QUERY, RECONCILE_QUERY
 from usage.models import DailyUsage, Generation, UsageAccount
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
-def spend(user, model="gpt-4o-mini", tokens=(1000, 0, 200), error=False):
+def spend(user, model="gpt-4o-mini", tokens=(1000, 0, 200), error=False, age=timedelta(hours=1)):
+    """A settled generation, `age` ago (reconcile leaves the last 15 minutes to ingestion)."""
     reservation = reserve(user, model, MESSAGES, 500)
     if error:
-        return settle(reservation, error="provider_error: boom", http_status=500)
-    return settle(reservation, TokenUsage(*tokens), latency_ms=800, http_status=200)
+        settle(reservation, error="provider_error: boom", http_status=500)
+    else:
+        settle(reservation, TokenUsage(*tokens, estimated=False), latency_ms=800, http_status=200)
+    Generation.objects.filter(pk=reservation.generation_id).update(settled_at=timezone.now() - age)
+    return Generation.objects.get(pk=reservation.generation_id)
 
 
 def run(*args):
@@ -53,7 +58,8 @@ def test_reconcile_reports_nothing_when_posthog_agrees(alice, ledger, posthog_qu
         json=posthog_rows(*[(str(g.pk), 1, float(g.cost)) for g in ledger]),
     )
     output = run("reconcile_usage")
-    assert "Checked 3 generations for 1 users: 0 missing in PostHog, 0 cost mismatches" in output
+    assert "Checked 3 generations for 1 users (settled more than 15 minutes ago)" in output
+    assert "0 missing in PostHog, 0 cost mismatches" in output
 
 
 def test_reconcile_finds_a_missing_and_a_mismatched_generation(
@@ -205,3 +211,98 @@ def test_reconcile_stops_with_a_clear_error_on_bad_credentials(alice, posthog_qu
     spend(alice)
     with pytest.raises(CommandError, match="refused the credentials"):
         run("reconcile_usage")
+
+
+class FakePostHog:
+    """PostHog's query API over a set of ingested events: generation_id -> (count, cost).
+
+    Answers the reconcile page query and the pre-backfill recheck; ingest() takes what the
+    capture client sent, deduplicated by event uuid as PostHog does.
+    """
+
+    def __init__(self, requests_mock, url, events=None, answer=None):
+        self.events = dict(events or {})
+        self.bodies = []
+        requests_mock.add_callback(responses.POST, url, callback=answer or self)
+
+    def __call__(self, request):
+        body = json.loads(request.body)
+        self.bodies.append(body)
+        query, values = body["query"]["query"], body["query"]["values"]
+        if query == RECONCILE_QUERY:
+            ids = sorted(g for g in self.events if g > values["after"])[: values["page_size"]]
+            answer = posthog_rows(*[(g, *self.events[g]) for g in ids])
+        else:
+            assert query == RECHECK_QUERY
+            ids = [g for g in values["generation_ids"] if g in self.events]
+            answer = {"columns": ["generation_id"], "results": [[g] for g in ids]}
+        return 200, {}, json.dumps(answer)
+
+    def ingest(self, events):
+        for event in events:
+            props = event["properties"]
+            cost = (
+                props["$ai_input_tokens"] * props["$ai_input_token_price"]
+                + props["$ai_output_tokens"] * props["$ai_output_token_price"]
+            )
+            self.events[props["generation_id"]] = (1, cost)
+
+
+def test_reconcile_converges_a_second_run_reports_nothing_new(
+    alice, posthog_query, posthog_capture, requests_mock, hogql_check
+):
+    known = spend(alice)
+    missing = spend(alice, "gpt-4o")
+    interrupted = spend(alice, "gpt-4o-mini")
+    Generation.objects.filter(pk=interrupted.pk).update(cost_estimated=True)
+    recent = spend(alice, age=timedelta(minutes=2))  # PostHog may not have it yet
+    fake = FakePostHog(
+        requests_mock,
+        posthog_query,
+        {str(known.pk): (1, float(known.cost)), str(interrupted.pk): (1, 0.0)},
+    )
+    first = run("reconcile_usage", "--backfill")
+    assert "Checked 3 generations" in first  # the recent one waits for the next run
+    assert "1 missing in PostHog, 0 cost mismatches" in first
+    assert "1 estimated" in first and "backfilled 1" in first
+    assert str(recent.pk) not in first
+    for body in fake.bodies:
+        hogql_check(body["query"]["query"], body["query"]["values"])
+    sent = batched_events(requests_mock)
+    assert [e["uuid"] for e in sent] == [str(missing.pk)]
+    fake.ingest(sent)
+
+    second = run("reconcile_usage", "--backfill")
+    assert "0 missing in PostHog, 0 cost mismatches, 0 duplicated, 0 unknown" in second
+    assert "backfilled 0" in second
+    assert len(batched_events(requests_mock)) == 1  # nothing sent twice
+
+
+def test_reconcile_pages_through_a_heavy_user(alice, posthog_query, requests_mock, monkeypatch):
+    monkeypatch.setattr(reconcile_usage, "PAGE_SIZE", 2)
+    generations = [spend(alice) for _ in range(5)]
+    fake = FakePostHog(
+        requests_mock, posthog_query, {str(g.pk): (1, float(g.cost)) for g in generations}
+    )
+    output = run("reconcile_usage")
+    assert "Checked 5 generations" in output and "0 missing" in output
+    assert [b["query"]["values"]["after"] for b in fake.bodies] == [
+        "",
+        *sorted(str(g.pk) for g in generations)[1:5:2],
+    ]
+
+
+def test_a_backfill_skips_what_arrived_since_the_comparison(
+    alice, posthog_query, posthog_capture, requests_mock
+):
+    late = spend(alice)
+
+    def arrives_meanwhile(request):
+        if json.loads(request.body)["query"]["query"] == RECHECK_QUERY:
+            fake.events[str(late.pk)] = (1, float(late.cost))
+        return fake(request)
+
+    fake = FakePostHog(requests_mock, posthog_query, answer=arrives_meanwhile)
+    output = run("reconcile_usage", "--backfill")
+    assert "1 missing in PostHog" in output and "backfilled 0" in output
+    assert batched_events(requests_mock) == []

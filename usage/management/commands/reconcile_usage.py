@@ -1,10 +1,11 @@
 import time
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from uuid import UUID
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from chatusage import analytics
 from usage import hogql
@@ -13,20 +14,39 @@ from usage.models import Generation, UsageAccount
 from usage.pricing import MILLION
 from usage.reports import GENERATIONS_IN_CYCLE, query_values
 
-# https://posthog.com/docs/api/queries : one row per generation_id the ledger also knows.
+# https://posthog.com/docs/api/queries : one row per generation_id, a page at a time (a heavy
+# user has more generations in a cycle than one answer may hold).
 RECONCILE_QUERY = """
 SELECT
     toString(properties.generation_id) AS generation_id,
     count() AS events,
     coalesce(sum(toFloat(properties.$ai_total_cost_usd)), 0) AS cost_usd
 {GENERATIONS_IN_CYCLE}
+    AND toString(properties.generation_id) > {after}
 GROUP BY generation_id
 ORDER BY generation_id
-LIMIT 50000
+LIMIT {page_size}
 """.replace("{GENERATIONS_IN_CYCLE}", GENERATIONS_IN_CYCLE.strip())
 
+# Right before a backfill: which of these generations has PostHog received meanwhile?
+RECHECK_QUERY = """
+SELECT DISTINCT toString(properties.generation_id) AS generation_id
+FROM events
+WHERE event = '$ai_generation'
+    AND distinct_id = {distinct_id}
+    AND toString(properties.generation_id) IN {generation_ids}
+LIMIT 50000
+"""
 
+PAGE_SIZE = 10000
 THROTTLE_RETRIES = 3
+# Events reach PostHog's queries seconds to minutes after capture (plus the SDK's flush
+# interval): generations settled more recently are left for the next run.
+INGESTION_LAG = timedelta(minutes=15)
+PROBLEMS = ("missing", "mismatch", "duplicate", "unknown")  # each one fails the run
+# Interrupted streams settle at a flagged estimate while PostHog's event has no tokens:
+# their costs differ by design, so they are listed on their own and fail nothing.
+NOTICES = ("estimated",)
 
 
 def _is_uuid(value: str) -> bool:
@@ -112,15 +132,16 @@ class Command(BaseCommand):
 
         problems = []
         checked = sent = 0
+        settled_before = timezone.now() - INGESTION_LAG
         for account in accounts:
             user_cycle = (
                 cycle_containing(account.billing_anchor.day, cycle) if cycle else cycle_for(account)
             )
-            found = self._compare(account, user_cycle, tolerance)
+            found = self._compare(account, user_cycle, tolerance, settled_before)
             checked += found["checked"]
             problems.extend(found["problems"])
             if backfill and found["missing"]:
-                sent += self._backfill(found["missing"])
+                sent += self._backfill(account.user_id, found["missing"])
 
         if problems:
             self.stdout.write(
@@ -133,99 +154,101 @@ class Command(BaseCommand):
                     f"{p['ledger']:>14} {p['posthog']:>14}"
                 )
         counts = {
-            kind: sum(1 for p in problems if p["problem"] == kind)
-            for kind in ("missing", "mismatch", "duplicate", "unknown")
+            kind: sum(1 for p in problems if p["problem"] == kind) for kind in PROBLEMS + NOTICES
         }
         summary = (
-            f"Checked {checked} generations for {accounts.count()} users: "
+            f"Checked {checked} generations for {accounts.count()} users "
+            f"(settled more than {INGESTION_LAG.seconds // 60} minutes ago): "
             f"{counts['missing']} missing in PostHog, {counts['mismatch']} cost mismatches, "
-            f"{counts['duplicate']} duplicated, {counts['unknown']} unknown to the ledger"
+            f"{counts['duplicate']} duplicated, {counts['unknown']} unknown to the ledger, "
+            f"{counts['estimated']} estimated (interrupted streams, not counted)"
         )
         if backfill:
             summary += f"; backfilled {sent}"
         self.stdout.write(summary + ".")
-        unresolved = [p for p in problems if not (backfill and p["problem"] == "missing")]
+        unresolved = [
+            p
+            for p in problems
+            if p["problem"] in PROBLEMS and not (backfill and p["problem"] == "missing")
+        ]
         if unresolved:
             raise CommandError(f"{len(unresolved)} difference(s) exceed the tolerance.")
 
-    def _compare(self, account, cycle, tolerance) -> dict:
+    def _compare(self, account, cycle, tolerance, settled_before) -> dict:
         ledger = {
             str(g.pk): g
             for g in Generation.objects.filter(
                 user_id=account.user_id,
                 status__in=[Generation.Status.OK, Generation.Status.ERROR],
                 settled_at__gte=cycle.start,
-                settled_at__lt=cycle.end,
+                settled_at__lt=min(cycle.end, settled_before),
             )
         }
-        result = self._query(account.user_id, cycle)
-        seen = {row["generation_id"]: row for row in result.rows}
+        seen = {row["generation_id"]: row for row in self._events(account.user_id, cycle)}
         name = account.user.get_username()
         problems, missing = [], []
+
+        def problem(gid, kind, ledger_cost="—", posthog_cost="—"):
+            problems.append(
+                {
+                    "user": name,
+                    "generation_id": gid or "(none)",
+                    "problem": kind,
+                    "ledger": ledger_cost,
+                    "posthog": posthog_cost,
+                }
+            )
+
         for gid, generation in ledger.items():
             row = seen.get(gid)
             if row is None:
                 missing.append(generation)
-                problems.append(
-                    {
-                        "user": name,
-                        "generation_id": gid,
-                        "problem": "missing",
-                        "ledger": f"{generation.cost:.8f}",
-                        "posthog": "—",
-                    }
-                )
+                problem(gid, "missing", f"{generation.cost:.8f}")
                 continue
             posthog_cost = Decimal(repr(float(row["cost_usd"] or 0)))
             if int(row["events"]) > 1:
-                problems.append(
-                    {
-                        "user": name,
-                        "generation_id": gid,
-                        "problem": "duplicate",
-                        "ledger": f"{generation.cost:.8f}",
-                        "posthog": f"{posthog_cost:.8f}",
-                    }
-                )
+                problem(gid, "duplicate", f"{generation.cost:.8f}", f"{posthog_cost:.8f}")
             elif abs(posthog_cost - generation.cost) > tolerance:
-                problems.append(
-                    {
-                        "user": name,
-                        "generation_id": gid,
-                        "problem": "mismatch",
-                        "ledger": f"{generation.cost:.8f}",
-                        "posthog": f"{posthog_cost:.8f}",
-                    }
-                )
-        in_flight = set(
-            Generation.objects.filter(
-                pk__in=[gid for gid in seen if gid not in ledger and _is_uuid(gid)],
-                status=Generation.Status.PENDING,
-            ).values_list("pk", flat=True)
-        )
+                kind = "estimated" if generation.cost_estimated else "mismatch"
+                problem(gid, kind, f"{generation.cost:.8f}", f"{posthog_cost:.8f}")
+        # Unknown: PostHog has it and the ledger has no such generation at all (one settled
+        # within the lag, or still pending, is known: it is simply not compared yet).
+        others = [gid for gid in seen if gid not in ledger and _is_uuid(gid)]
+        known = {
+            str(pk)
+            for pk in Generation.objects.filter(user_id=account.user_id, pk__in=others).values_list(
+                "pk", flat=True
+            )
+        }
         for gid, row in seen.items():
-            if gid not in ledger and not (_is_uuid(gid) and UUID(gid) in in_flight):
-                problems.append(
-                    {
-                        "user": name,
-                        "generation_id": gid or "(none)",
-                        "problem": "unknown",
-                        "ledger": "—",
-                        "posthog": f"{Decimal(repr(float(row['cost_usd'] or 0))):.8f}",
-                    }
+            if gid not in ledger and gid not in known:
+                problem(
+                    gid, "unknown", posthog_cost=f"{Decimal(repr(float(row['cost_usd'] or 0))):.8f}"
                 )
         return {"checked": len(ledger), "problems": problems, "missing": missing}
 
-    def _query(self, user_id, cycle) -> hogql.QueryResult:
-        """One user's events. Outside a web request, so a throttled query waits and retries
-        (PostHog allows 240 queries a minute per project); other failures stop the run."""
+    def _events(self, user_id, cycle) -> list[dict]:
+        """Every generation PostHog has for the user in the cycle, a page at a time."""
+        rows, after = [], ""
+        while True:
+            values = {
+                **query_values(user_id, cycle, time_zone=False),
+                "after": after,
+                "page_size": PAGE_SIZE,
+            }
+            page = self._query(RECONCILE_QUERY, values).rows
+            rows.extend(page)
+            if len(page) < PAGE_SIZE:
+                return rows
+            after = page[-1]["generation_id"]
+
+    def _query(self, query: str, values: dict) -> hogql.QueryResult:
+        """Outside a web request, so a throttled query waits and retries (PostHog allows
+        240 queries a minute per project); other failures stop the run."""
         for attempt in range(THROTTLE_RETRIES + 1):
             try:
                 return hogql.run(
-                    RECONCILE_QUERY,
-                    query_values(user_id, cycle, time_zone=False),
-                    name="chatusage reconcile",
-                    refresh="force_blocking",
+                    query, values, name="chatusage reconcile", refresh="force_blocking"
                 )
             except hogql.PostHogUnavailable as exc:
                 if attempt == THROTTLE_RETRIES:
@@ -237,9 +260,24 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
         raise AssertionError("unreachable")
 
-    def _backfill(self, generations) -> int:
+    def _backfill(self, user_id, generations) -> int:
+        """Send what PostHog still lacks, asking it once more right before: a generation
+        that arrived since the comparison (or was backfilled by another run) is skipped."""
+        arrived = {
+            row["generation_id"]
+            for row in self._query(
+                RECHECK_QUERY,
+                {
+                    "distinct_id": str(user_id),
+                    "generation_ids": [str(g.pk) for g in generations],
+                },
+            ).rows
+        }
         client = analytics.client()
+        sent = 0
         for generation in generations:
-            client.capture("$ai_generation", **backfill_event(generation))
+            if str(generation.pk) not in arrived:
+                client.capture("$ai_generation", **backfill_event(generation))
+                sent += 1
         client.flush()
-        return len(generations)
+        return sent
