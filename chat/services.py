@@ -125,6 +125,8 @@ def _save_prompt(conversation: Conversation, text: str, generation_id: UUID) -> 
 def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
     """What a turn refused before the call says; it wrote nothing."""
     extra = {"conversation_id": str(conversation.pk)} if conversation else {}
+    if isinstance(exc, limits.UsageLimitReached) and exc.reason == "unverified":
+        return ChatError("email_not_verified", str(exc), 403, **extra)
     if isinstance(exc, limits.UsageLimitReached):
         return ChatError(
             "usage_limit_reached",

@@ -15,6 +15,7 @@ from chat.models import Conversation
 from chatusage import ratelimit
 from chatusage.api import api_view, error, json_body
 from chatusage.db import step
+from usage.models import UsageAccount
 
 
 async def _check_rate(user) -> None:
@@ -32,12 +33,14 @@ async def _check_rate(user) -> None:
 
 def _page(request, conversation=None, *, prompt="", error_message="", status=200):
     """The chat page; a failed call (5xx) offers Retry, a refusal (4xx) only its reason."""
+    account = UsageAccount.objects.for_user(request.user)
     conversations = Conversation.objects.filter(user=request.user).only("id", "title")[:50]
     messages = list(conversation.messages.all()) if conversation else []
     return render(
         request,
         "chat/chat.html",
         {
+            "account": account,
             "conversation": conversation,
             "conversations": conversations,
             "chat_messages": messages,

@@ -6,5 +6,6 @@ def product(request):
     return {
         "demo_mode": not settings.OPENAI_API_KEY,
         "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
-        "usage_time_zone": settings.USAGE_TIME_ZONE.key,  # the zone every page shows times in
+        "usage_time_zone": settings.USAGE_TIME_ZONE.key,
+        "signup_open": settings.ACCOUNTS_SIGNUP == "open",  # the zone every page shows times in
     }

@@ -11,7 +11,6 @@ class SignupForm(UserCreationForm):
         fields = ("username", "email")
 
     def clean_email(self):
-        email = self.cleaned_data["email"].strip()
-        if User.objects.filter(email__iexact=email).exists():
-            raise forms.ValidationError("An account with this email already exists.")
-        return email
+        # Never "already registered": that would tell anyone which addresses have accounts
+        # (chatusage.accounts.sign_up handles a known address instead).
+        return self.cleaned_data["email"].strip()

@@ -6,6 +6,7 @@ PostHog); production refuses to start without SECRET_KEY.
 """
 
 import re
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -46,6 +47,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "csp",
+    "axes",
     "chatusage",
     "usage",
     "chat",
@@ -61,6 +63,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a lockout signal into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # Content-Security-Policy: scripts only from our own static files (no inline script or
@@ -153,6 +157,40 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# --- Accounts -----------------------------------------------------------------
+# django-axes records failed logins: after LOGIN_FAILURE_LIMIT failures for one username
+# or from one address, that username or address is locked out for LOGIN_LOCKOUT_MINUTES
+# (staff unlock in admin, Axes > Access attempts, or `manage.py axes_reset_username`).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "chatusage.views.locked_out"
+# Behind a proxy, the client address comes from X-Forwarded-For: say how many proxies.
+AXES_IPWARE_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0) or None
+AXES_IPWARE_META_PRECEDENCE_ORDER = (
+    ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if AXES_IPWARE_PROXY_COUNT else ["REMOTE_ADDR"]
+)
+
+# open: anyone may sign up; closed: staff create accounts in admin.
+ACCOUNTS_SIGNUP = env.str("ACCOUNTS_SIGNUP", default="open")
+if ACCOUNTS_SIGNUP not in {"open", "closed"}:
+    raise ImproperlyConfigured("ACCOUNTS_SIGNUP must be open or closed.")
+SIGNUP_RATE_LIMIT = env.str("SIGNUP_RATE_LIMIT", default="5/3600")  # sign-ups per address
+
+# Email: EMAIL_URL as django-environ reads it (smtp://user:pass@host:587/?tls=True, ...).
+# Without it, mails are printed to the log (consolemail://), and addresses are not verified.
+EMAIL_CONFIGURED = bool(env.str("EMAIL_URL", default=""))
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="chatusage <noreply@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Until a new account's address is verified it has no budget: it can log in, not chat.
+ACCOUNTS_VERIFY_EMAIL = env.bool("ACCOUNTS_VERIFY_EMAIL", default=EMAIL_CONFIGURED)
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:index"
 LOGOUT_REDIRECT_URL = "login"
@@ -215,6 +253,7 @@ LOGGING = {
         "httpcore": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
         "posthog": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},  # lockouts are warnings; it greets every start at INFO
         "psycopg": {"level": env.str("DB_LOG_LEVEL", default="WARNING")},  # pool events
     },
 }

@@ -1,11 +1,13 @@
 import os
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
 from unittest import mock
 
 import pytest
 from django.db import DatabaseError
+from django.test import Client
 from django.urls import reverse
 
 from tests.conftest import PASSWORD
@@ -41,17 +43,115 @@ def test_sign_up_shows_password_validation_errors(client, db, django_user_model)
     assert not django_user_model.objects.filter(username="weak").exists()
 
 
-def test_sign_up_refuses_an_email_already_in_use(client, alice):
-    response = client.post(
+def sign_up(client, username, email="new@example.com"):
+    return client.post(
         reverse("signup"),
-        {
-            "username": "alice2",
-            "email": "ALICE@example.com",
-            "password1": PASSWORD,
-            "password2": PASSWORD,
-        },
+        {"username": username, "email": email, "password1": PASSWORD, "password2": PASSWORD},
     )
-    assert "already exists" in response.content.decode()
+
+
+def test_sign_up_never_tells_whether_an_address_has_an_account(
+    client, alice, settings, mailoutbox, django_user_model
+):
+    settings.ACCOUNTS_VERIFY_EMAIL = True
+    taken = sign_up(client, "alice2", "ALICE@example.com")
+    fresh = sign_up(Client(), "carol", "carol@example.com")
+    assert taken.status_code == fresh.status_code == 200
+    assert "Check your email" in taken.content.decode() and "already" not in taken.content.decode()
+    assert not django_user_model.objects.filter(username="alice2").exists()
+    # The owner of the known address hears of it; the new address gets its link.
+    to = {m.to[0]: m for m in mailoutbox}
+    assert "already has one" in to["ALICE@example.com"].body
+    assert "/accounts/verify/" in to["carol@example.com"].body
+
+
+def test_an_unverified_account_cannot_chat_until_it_follows_its_link(
+    client, db, settings, mailoutbox, openai_mock
+):
+    settings.ACCOUNTS_VERIFY_EMAIL = True
+    sign_up(client, "carol", "carol@example.com")
+    refused = client.post("/api/chat/", {"prompt": "hi"}, content_type="application/json")
+    assert (refused.status_code, refused.json()["code"]) == (403, "email_not_verified")
+    assert openai_mock.requests == []
+    assert "Send the link again" in client.get("/chat/").content.decode()
+    [mail] = mailoutbox
+    link = next(word for word in mail.body.split() if "/accounts/verify/" in word)
+    assert client.get(link.replace("http://testserver", "")).status_code == 302
+    ok = client.post("/api/chat/", {"prompt": "hi"}, content_type="application/json")
+    assert ok.status_code == 200
+
+
+def test_a_tampered_verification_link_is_refused(client, db):
+    assert client.get("/accounts/verify/not-a-token/").status_code == 400
+
+
+def test_sign_ups_from_one_address_are_throttled(client, db, settings):
+    settings.SIGNUP_RATE_LIMIT = "2/3600"
+    assert sign_up(Client(), "one", "one@example.com").status_code == 302
+    assert sign_up(Client(), "two", "two@example.com").status_code == 302
+    third = sign_up(Client(), "three", "three@example.com")
+    assert third.status_code == 429 and int(third["Retry-After"]) > 0
+
+
+def test_sign_up_can_be_closed(client, db, settings):
+    settings.ACCOUNTS_SIGNUP = "closed"
+    assert sign_up(client, "nobody").status_code == 403
+    assert 'href="/accounts/signup/"' not in client.get(reverse("login")).content.decode()
+
+
+def _fail_login(client, username, times):
+    for _ in range(times):
+        client.post(reverse("login"), {"username": username, "password": "wrong-password"})
+
+
+def test_repeated_failed_logins_lock_the_account_with_a_clear_message(alice, settings):
+    client = Client()
+    _fail_login(client, "alice", settings.AXES_FAILURE_LIMIT)
+    response = client.post(reverse("login"), {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 429
+    assert "Too many failed logins" in response.content.decode()
+    assert int(response["Retry-After"]) == settings.AXES_COOLOFF_TIME.total_seconds()
+    # Another address, the same account: still locked.
+    elsewhere = Client(REMOTE_ADDR="10.9.8.7")
+    locked = elsewhere.post(reverse("login"), {"username": "alice", "password": PASSWORD})
+    assert locked.status_code == 429
+
+
+def test_repeated_failures_from_one_address_lock_that_address(alice, bob, settings):
+    client = Client(REMOTE_ADDR="10.1.1.1")
+    for name in ("x1", "x2", "x3", "x4", "x5")[: settings.AXES_FAILURE_LIMIT]:
+        _fail_login(client, name, 1)
+    response = client.post(reverse("login"), {"username": "bob", "password": PASSWORD})
+    assert response.status_code == 429
+
+
+def test_staff_can_unlock_a_locked_account(alice, settings):
+    from django.core.management import call_command
+
+    client = Client()
+    _fail_login(client, "alice", settings.AXES_FAILURE_LIMIT)
+    call_command("axes_reset_username", "alice", stdout=StringIO())
+    call_command("axes_reset_ip", "127.0.0.1", stdout=StringIO())
+    response = client.post(reverse("login"), {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 302
+
+
+def test_a_forgotten_password_can_be_reset_by_email(client, alice, mailoutbox):
+    response = client.post(reverse("password_reset"), {"email": "alice@example.com"})
+    assert response.status_code == 302
+    [mail] = mailoutbox
+    link = next(word for word in mail.body.split() if "/accounts/reset/" in word)
+    form_url = client.get(link.replace("http://testserver", ""), follow=True).redirect_chain[-1][0]
+    done = client.post(
+        form_url, {"new_password1": "A-new-Pass-2027!", "new_password2": "A-new-Pass-2027!"}
+    )
+    assert done.status_code == 302
+    assert (
+        Client()
+        .post(reverse("login"), {"username": "alice", "password": "A-new-Pass-2027!"})
+        .status_code
+        == 302
+    )
 
 
 def test_login_and_logout(client, alice):

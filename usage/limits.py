@@ -129,11 +129,16 @@ class UsageLimitReached(Exception):
     """The call's worst case would pass the user's budget or message limit."""
 
     def __init__(self, reason: str, spend: Spend, worst_case: Decimal):
-        self.reason = reason  # "budget" or "messages"
+        self.reason = reason  # "budget", "messages" or "unverified"
         self.spend = spend
         self.worst_case = worst_case
         resets = spend.cycle.end_date.isoformat()
-        if reason == "budget":
+        if reason == "unverified":
+            message = (
+                "Confirm your email address to start chatting: open the link we sent you "
+                "(or ask for a new one on the chat page)."
+            )
+        elif reason == "budget":
             message = (
                 f"Usage limit reached: this message could cost up to ${worst_case:.4f} and "
                 f"you have spent ${spend.settled_cost:.4f} of your ${spend.budget:.2f} budget "
@@ -300,6 +305,8 @@ def reserve(
             expire_stale_reservations(now, user=user)
             spend, _ = _spend(account, cycle)
         committed = spend.settled_cost + spend.pending_cost
+        if not account.email_verified:  # a sign-up not yet confirmed has no budget at all
+            raise UsageLimitReached("unverified", spend, worst_case)
         if spend.budget and committed + worst_case > spend.budget:
             raise UsageLimitReached("budget", spend, worst_case)
         if spend.message_limit and (

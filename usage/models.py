@@ -67,6 +67,10 @@ class UsageAccount(models.Model):
     message_limit = models.PositiveIntegerField(
         null=True, blank=True, help_text="Per cycle. Empty: the default from settings. 0: no cap."
     )
+    email_verified = models.BooleanField(
+        default=True,
+        help_text="A sign-up whose address is not yet confirmed has no budget (it cannot chat).",
+    )
 
     objects = UsageAccountManager()
 

@@ -1,0 +1,63 @@
+"""Sign-up, address verification and the mails they send.
+
+Sign-up never tells whether an address is registered: with verification on, a sign-up
+with a known address creates nothing and mails the address's owner instead, and the page
+reads the same as for a new account. Without verification, addresses are not unique.
+"""
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core import signing
+from django.core.mail import send_mail
+from django.template.loader import render_to_string
+from django.urls import reverse
+
+from usage.models import UsageAccount
+
+VERIFY_SALT = "chatusage.verify-email"
+VERIFY_MAX_AGE = 3 * 24 * 3600  # seconds a verification link works
+
+
+def _mail(template: str, to: str, context: dict) -> None:
+    subject, _, body = render_to_string(template, context).partition("\n")
+    send_mail(subject.strip(), body.lstrip(), None, [to])
+
+
+def verification_token(user: User) -> str:
+    return signing.dumps({"user": user.pk, "email": user.email}, salt=VERIFY_SALT)
+
+
+def send_verification(request, user: User) -> None:
+    link = request.build_absolute_uri(reverse("verify_email", args=[verification_token(user)]))
+    _mail("registration/verify_email.txt", user.email, {"user": user, "link": link})
+
+
+def verify(token: str) -> User | None:
+    """The user a valid, unexpired link was made for (their address now confirmed), or None."""
+    try:
+        data = signing.loads(token, salt=VERIFY_SALT, max_age=VERIFY_MAX_AGE)
+        user = User.objects.get(pk=data["user"], email=data["email"])
+    except (signing.BadSignature, User.DoesNotExist, KeyError, TypeError):
+        return None
+    UsageAccount.objects.filter(user=user).update(email_verified=True)
+    return user
+
+
+def sign_up(request, form) -> User | None:
+    """Create the account from a valid SignupForm; None when the address is already taken
+    (its owner is told by mail instead, and the caller shows the same page)."""
+    email = form.cleaned_data["email"]
+    if settings.ACCOUNTS_VERIFY_EMAIL and User.objects.filter(email__iexact=email).exists():
+        login_url = request.build_absolute_uri(reverse("login"))
+        reset_url = request.build_absolute_uri(reverse("password_reset"))
+        _mail(
+            "registration/already_registered.txt",
+            email,
+            {"login_url": login_url, "reset_url": reset_url},
+        )
+        return None
+    user = form.save()
+    if settings.ACCOUNTS_VERIFY_EMAIL:
+        UsageAccount.objects.filter(user=user).update(email_verified=False)
+        send_verification(request, user)
+    return user
