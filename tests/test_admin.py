@@ -1,6 +1,7 @@
 import csv
 import io
 import re
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.db import connection
@@ -8,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import set_budget
 from usage.limits import TokenUsage, reserve, settle
-from usage.models import ModelPrice
+from usage.models import Generation, ModelPrice
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -159,3 +160,20 @@ def test_model_prices_cannot_be_negative(staff_client):
     )
     assert response.status_code == 302
     assert ModelPrice.objects.get(model="good").cached_input_per_1m == Decimal("0.5")
+
+
+def test_admin_times_are_in_the_billing_zone_and_say_so(staff_client, alice, settings):
+    from zoneinfo import ZoneInfo
+
+    from usage import admin as usage_admin
+
+    generation = spend(alice, "gpt-4o-mini")
+    Generation.objects.filter(pk=generation.pk).update(
+        created_at=datetime(2026, 11, 20, 23, 30, tzinfo=UTC)
+    )
+    settings.USAGE_TIME_ZONE = ZoneInfo("Asia/Tokyo")  # 08:30 the next day there
+    listing = staff_client.get("/admin/usage/generation/").content.decode()
+    assert f"Created ({usage_admin.ZONE})" in listing  # the process's zone, named
+    assert "2026-11-21 08:30:00" in listing
+    page = staff_client.get(f"/admin/auth/user/{alice.pk}/change/").content.decode()
+    assert f"When ({usage_admin.ZONE})" in page and "2026-11-21 08:30" in page

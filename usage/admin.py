@@ -23,6 +23,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.http import StreamingHttpResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
@@ -35,6 +36,7 @@ from usage.templatetags.money import usd
 User = get_user_model()
 MONEY = DecimalField(max_digits=20, decimal_places=10)
 RECENT_GENERATIONS = 20
+ZONE = settings.USAGE_TIME_ZONE.key  # every time staff read is in the billing zone, labelled
 
 
 def _by_anchor_day(attribute: str):
@@ -157,9 +159,9 @@ class UserAdmin(DjangoUserAdmin):
     def get_queryset(self, request):
         return with_cycle_usage(super().get_queryset(request))
 
-    @admin.display(description="Joined", ordering="date_joined")
+    @admin.display(description=f"Joined ({ZONE})", ordering="date_joined")
     def joined(self, obj):
-        return obj.date_joined.date()
+        return timezone.localdate(obj.date_joined, settings.USAGE_TIME_ZONE)
 
     @admin.display(description="Messages", ordering="cycle_messages")
     def messages_this_cycle(self, obj):
@@ -217,7 +219,9 @@ class UserAdmin(DjangoUserAdmin):
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
-                    g.created_at.strftime("%Y-%m-%d %H:%M"),
+                    timezone.localtime(g.created_at, settings.USAGE_TIME_ZONE).strftime(
+                        "%Y-%m-%d %H:%M"
+                    ),
                     g.model,
                     g.status,
                     f"{g.input_tokens}/{g.output_tokens}",
@@ -227,7 +231,7 @@ class UserAdmin(DjangoUserAdmin):
             ),
         )
         return format_html(
-            "<table><thead><tr><th>When</th><th>Model</th><th>Status</th><th>In/out</th>"
+            f"<table><thead><tr><th>When ({ZONE})</th><th>Model</th><th>Status</th><th>In/out</th>"
             '<th>Cost</th></tr></thead><tbody>{}</tbody></table><a href="{}">All generations</a>',
             table,
             link,
@@ -250,7 +254,7 @@ admin.site.register(User, UserAdmin)
 @admin.register(Generation)
 class GenerationAdmin(ReadOnlyAdmin):
     list_display = [
-        "created_at",
+        "created",
         "user",
         "model",
         "provider",
@@ -268,6 +272,12 @@ class GenerationAdmin(ReadOnlyAdmin):
     list_select_related = ["user"]
     show_full_result_count = False
     actions = ["export_csv"]
+
+    @admin.display(description=f"Created ({ZONE})", ordering="created_at")
+    def created(self, obj):
+        return timezone.localtime(obj.created_at, settings.USAGE_TIME_ZONE).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
 
     @admin.action(description="Export selected generations as CSV", permissions=["view"])
     def export_csv(self, request, queryset):
