@@ -336,5 +336,34 @@ for _name in (
     if globals()[_name] < 0:
         raise ImproperlyConfigured(f"{_name} cannot be negative (it is {globals()[_name]}).")
 
+# --- Budget alerts (usage/alerts.py) ------------------------------------------
+def _thresholds(raw: str) -> list[Decimal]:
+    try:
+        values = sorted({Decimal(part.strip()) for part in raw.split(",") if part.strip()})
+    except InvalidOperation as exc:
+        raise ImproperlyConfigured(
+            f"USAGE_ALERT_THRESHOLDS must be percentages such as 50,80, not {raw!r}."
+        ) from exc
+    if any(v <= 0 for v in values):
+        raise ImproperlyConfigured("USAGE_ALERT_THRESHOLDS must be positive percentages.")
+    return values
+
+
+USAGE_ALERT_THRESHOLDS = _thresholds(env.str("USAGE_ALERT_THRESHOLDS", default="50,80"))
+try:
+    USAGE_STAFF_ALERT_USD = (
+        Decimal(env.str("USAGE_STAFF_ALERT_USD", default="")) or None
+        if env.str("USAGE_STAFF_ALERT_USD", default="")
+        else None
+    )
+except InvalidOperation as exc:
+    raise ImproperlyConfigured("USAGE_STAFF_ALERT_USD must be an amount such as 20.00.") from exc
+ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
+ALERT_WEBHOOK_SECRET = env.str("ALERT_WEBHOOK_SECRET", default="")
+if ALERT_WEBHOOK_URL and not ALERT_WEBHOOK_SECRET:
+    raise ImproperlyConfigured("ALERT_WEBHOOK_URL needs ALERT_WEBHOOK_SECRET to sign with.")
+# The address of this site as users reach it, for links in mails.
+SITE_URL = env.str("SITE_URL", default="http://localhost:8000").rstrip("/")
+
 # Demo data (seed_demo) is only loaded by `make run`, which sets DEBUG on.
 DEMO_PASSWORD = "demo-pass-2026"

@@ -22,6 +22,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from usage import alerts
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.models import DailyUsage, Generation, UsageAccount
 from usage.pricing import COST_QUANTUM, Price, price_for
@@ -62,6 +63,7 @@ class Reservation:
     reserved_cost: Decimal
     input_token_bound: int
     max_tokens: int
+    alerting: bool = False  # settling may cross an alert threshold (usage/alerts.py)
 
 
 @dataclass(frozen=True)
@@ -306,24 +308,34 @@ def reserve(
             spend, _ = _spend(account, cycle)
         committed = spend.settled_cost + spend.pending_cost
         if not account.email_verified:  # a sign-up not yet confirmed has no budget at all
-            raise UsageLimitReached("unverified", spend, worst_case)
-        if spend.budget and committed + worst_case > spend.budget:
-            raise UsageLimitReached("budget", spend, worst_case)
-        if spend.message_limit and (
+            refusal = UsageLimitReached("unverified", spend, worst_case)
+        elif spend.budget and committed + worst_case > spend.budget:
+            refusal = UsageLimitReached("budget", spend, worst_case)
+        elif spend.message_limit and (
             spend.settled_messages + spend.pending_messages >= spend.message_limit
         ):
-            raise UsageLimitReached("messages", spend, worst_case)
-        generation = Generation.objects.create(
-            user_id=user.pk,
-            conversation_id=conversation_id,
-            model=model,
-            provider=provider,
-            reserved_cost=worst_case,
-            price_input_per_1m=price.input_per_1m,
-            price_cached_input_per_1m=price.cached_input_per_1m,
-            price_output_per_1m=price.output_per_1m,
-            created_at=now,
-        )
+            refusal = UsageLimitReached("messages", spend, worst_case)
+        else:
+            refusal = None
+        if refusal is not None:
+            if refusal.reason != "unverified":
+                # Committed with this transaction, so it is raised after the block.
+                alerts.after_refusal(account, cycle, spend.settled_cost)
+            generation = None
+        else:
+            generation = Generation.objects.create(
+                user_id=user.pk,
+                conversation_id=conversation_id,
+                model=model,
+                provider=provider,
+                reserved_cost=worst_case,
+                price_input_per_1m=price.input_per_1m,
+                price_cached_input_per_1m=price.cached_input_per_1m,
+                price_output_per_1m=price.output_per_1m,
+                created_at=now,
+            )
+    if refusal is not None:
+        raise refusal
     return Reservation(
         generation_id=generation.pk,
         user_id=user.pk,
@@ -333,6 +345,7 @@ def reserve(
         reserved_cost=worst_case,
         input_token_bound=input_bound,
         max_tokens=max_tokens,
+        alerting=alerts.watches(account),
     )
 
 
@@ -399,7 +412,11 @@ def settle(
             "exceeded_reservation": exceeded,
             "cost": cost,
         }
+    watch = reservation.alerting and fields["cost"] > 0
     with transaction.atomic():
+        # Alerts need this user's settles in a row: the lock makes each one read the spend
+        # every earlier settle committed, so exactly one of them crosses each threshold.
+        account = _locked_account(reservation.user_id) if watch else None
         won = Generation.objects.filter(
             pk=reservation.generation_id,
             status__in=[Generation.Status.PENDING, Generation.Status.ABANDONED],
@@ -413,6 +430,8 @@ def settle(
             **fields,
         )
         _add_to_rollup(settlement, local_day(now))
+        if account is not None:
+            alerts.after_settle(account, cycle_for(account, now), settlement.cost)
     return settlement
 
 

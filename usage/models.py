@@ -67,6 +67,12 @@ class UsageAccount(models.Model):
     message_limit = models.PositiveIntegerField(
         null=True, blank=True, help_text="Per cycle. Empty: the default from settings. 0: no cap."
     )
+    alert_thresholds = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Percent of the budget, comma-separated (50,80). Empty: the default from "
+        "settings (USAGE_ALERT_THRESHOLDS).",
+    )
     email_verified = models.BooleanField(
         default=True,
         help_text="A sign-up whose address is not yet confirmed has no budget (it cannot chat).",
@@ -181,3 +187,56 @@ class DailyUsage(models.Model):
 
     def __str__(self):
         return f"{self.user_id} {self.day} {self.model}"
+
+
+class Alert(models.Model):
+    """One budget alert: written in the transaction that settled or refused, then delivered.
+
+    The outbox of the alert channels: delivery happens after commit and is retried by
+    `manage.py send_alerts` until every configured channel took it. Its id is the event id
+    receivers use to drop duplicates.
+    """
+
+    class Kind(models.TextChoices):
+        THRESHOLD = "usage.threshold_crossed", "Threshold crossed"
+        LIMIT = "usage.limit_reached", "Limit reached"
+        OVER_AMOUNT = "usage.user_over_amount", "User over the staff amount"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_alerts"
+    )
+    kind = models.CharField(max_length=40, choices=Kind.choices)
+    # Percent of the budget (threshold), the staff amount in USD (over amount), 0 (limit).
+    threshold = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal(0))
+    cycle_start = models.DateField()
+    cycle_end = models.DateField()
+    spent = models.DecimalField(**MONEY)
+    budget = models.DecimalField(max_digits=12, decimal_places=2)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    email_sent_at = models.DateTimeField(null=True, blank=True)
+    webhook_sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True)
+    dismissed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # Exactly once per user, cycle, kind and threshold: the database decides.
+            models.UniqueConstraint(
+                fields=["user", "cycle_start", "kind", "threshold"], name="alert_once"
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(delivered_at__isnull=True),
+                name="alert_undelivered",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.kind} {self.threshold} for {self.user_id} ({self.cycle_start})"
