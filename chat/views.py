@@ -15,6 +15,8 @@ from chat.models import Conversation
 from chatusage import ratelimit
 from chatusage.api import api_view, error, json_body
 from chatusage.db import step
+from usage import alerts
+from usage.cycles import cycle_for
 from usage.models import UsageAccount
 
 
@@ -41,6 +43,7 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
         "chat/chat.html",
         {
             "account": account,
+            "alert_banner": alerts.banner_alerts(request.user, cycle_for(account)),
             "conversation": conversation,
             "conversations": conversations,
             "chat_messages": messages,

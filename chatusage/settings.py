@@ -336,6 +336,7 @@ for _name in (
     if globals()[_name] < 0:
         raise ImproperlyConfigured(f"{_name} cannot be negative (it is {globals()[_name]}).")
 
+
 # --- Budget alerts (usage/alerts.py) ------------------------------------------
 def _thresholds(raw: str) -> list[Decimal]:
     try:

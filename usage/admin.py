@@ -27,10 +27,10 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
-from usage import reports
+from usage import alerts, reports
 from usage.cycles import current_cycle_bounds_by_anchor_day
 from usage.exports import csv_lines
-from usage.models import DailyUsage, Generation, ModelPrice, UsageAccount
+from usage.models import Alert, DailyUsage, Generation, ModelPrice, UsageAccount
 from usage.templatetags.money import usd
 
 User = get_user_model()
@@ -133,7 +133,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class UsageAccountInline(admin.StackedInline):
     model = UsageAccount
     can_delete = False
-    fields = ["billing_anchor", "budget_usd", "message_limit"]
+    fields = ["billing_anchor", "budget_usd", "message_limit", "alert_thresholds", "email_verified"]
     verbose_name_plural = "Usage limits and billing"
 
 
@@ -330,3 +330,55 @@ class DailyUsageAdmin(ReadOnlyAdmin):
     search_fields = ["user__username", "user__email"]
     date_hierarchy = "day"
     list_select_related = ["user"]
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    """The alert outbox: what was raised, what each channel took, and a way to send again."""
+
+    list_display = [
+        "created",
+        "user",
+        "kind",
+        "threshold",
+        "spent_display",
+        "delivery",
+        "attempts",
+        "last_error",
+    ]
+    list_filter = ["kind", ("delivered_at", admin.EmptyFieldListFilter)]
+    search_fields = ["user__username", "user__email", "=id"]
+    list_select_related = ["user"]
+    readonly_fields = [f.name for f in Alert._meta.fields]
+    actions = ["send_again"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description=f"Created ({ZONE})", ordering="created_at")
+    def created(self, obj):
+        return timezone.localtime(obj.created_at, settings.USAGE_TIME_ZONE).strftime(
+            "%Y-%m-%d %H:%M"
+        )
+
+    @admin.display(description="Spent", ordering="spent")
+    def spent_display(self, obj):
+        return usd(obj.spent)
+
+    @admin.display(description="Delivered")
+    def delivery(self, obj):
+        if obj.delivered_at:
+            return "yes"
+        return f"no, next try {timezone.localtime(obj.next_attempt_at):%H:%M}"
+
+    @admin.action(description="Send again (mail and webhook)", permissions=["change"])
+    def send_again(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True))
+        Alert.objects.filter(pk__in=ids).update(
+            delivered_at=None,
+            email_sent_at=None,
+            webhook_sent_at=None,
+            next_attempt_at=timezone.now(),
+        )
+        delivered, failed = alerts.deliver_due(Alert.objects.filter(pk__in=ids))
+        self.message_user(request, f"Sent {delivered} alert(s) again; {failed} failed.")

@@ -7,15 +7,17 @@ from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from chatusage import cache as shared_cache
 from chatusage.api import api_view, error
-from usage import reports
+from usage import alerts, reports
 from usage.charts import daily_cost_chart
 from usage.cycles import Cycle, NoSuchCycle, account_cycle, cycle_for, earlier_cycles
 from usage.exports import csv_lines
-from usage.models import Generation
+from usage.models import Alert, Generation
 
 EARLIER_CYCLES_SHOWN = 12
 
@@ -58,6 +60,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "chart": daily_cost_chart(report.daily),
             "cycles": earlier_cycles(account, EARLIER_CYCLES_SHOWN),
             "account": account,
+            "alert_banner": alerts.banner_alerts(request.user, cycle_for(account)),
             "budget_percent": (
                 min(round(report.spent_fraction * 100, 1), 100)
                 if report.spent_fraction is not None
@@ -131,3 +134,21 @@ def api_usage(request: HttpRequest) -> HttpResponse:
     except BadCycle as exc:
         return error(str(exc), "invalid_cycle", 400)
     return JsonResponse(reports.report_for(request.user, cycle, account=account).as_dict())
+
+
+@login_required
+@require_POST
+def dismiss_alert(request: HttpRequest, alert_id) -> HttpResponse:
+    """Hide an alert's banner (the user's own alerts only)."""
+    Alert.objects.filter(pk=alert_id, user=request.user, dismissed_at__isnull=True).update(
+        dismissed_at=timezone.now()
+    )
+    return redirect(_back_or(request, "usage:dashboard"))
+
+
+def _back_or(request, fallback: str) -> str:
+    """Back where the banner was (a local `next`), else `fallback`."""
+    target = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        return target
+    return reverse(fallback)
