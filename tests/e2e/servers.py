@@ -184,6 +184,26 @@ class CaptureSink(_Server):
             return [e for e in self.events if e.get("event") == "$ai_generation"]
 
 
+class _WebhookHandler(_Quiet):
+    def do_POST(self):
+        owner: WebhookReceiver = self.owner
+        body = self._body()
+        with owner.lock:
+            owner.received.append((dict(self.headers), body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+class WebhookReceiver(_Server):
+    """Records every POST (headers, raw body) and answers 200: an alert webhook's receiver."""
+
+    def __init__(self):
+        self.received: list[tuple[dict, bytes]] = []
+        self.lock = threading.Lock()
+        super().__init__(_WebhookHandler)
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:port to a target; cut() drops every connection and refuses new ones."""
 
