@@ -79,7 +79,7 @@ def main():
     django.setup()
 
     from chatusage.views import HEALTH_APPLICATION_NAME
-    from tests.e2e.launch import LOAD_MODEL, gunicorn_app, postgres_answers
+    from tests.e2e.launch import fake_model_env, gunicorn_app, postgres_answers
     from tests.e2e.servers import CaptureSink
 
     if not postgres_answers():
@@ -94,14 +94,7 @@ def main():
     )
     model_url = model.stdout.readline().strip()
     sink = CaptureSink()
-    env = {
-        "OPENAI_API_KEY": "sk-bench",
-        "OPENAI_BASE_URL": f"{model_url}/v1",
-        "OPENAI_MODEL": LOAD_MODEL,
-        "OPENAI_MAX_TOKENS": "100",
-        "POSTHOG_API_KEY": "phc_bench",
-        "POSTHOG_HOST": sink.url,
-    }
+    env = fake_model_env(model_url, POSTHOG_API_KEY="phc_bench", POSTHOG_HOST=sink.url)
     users = [(f"s{i}", None) for i in range(USERS)]
     try:
         with gunicorn_app(Path(tempfile.mkdtemp()), env, users, proxy=False) as app:

@@ -3,7 +3,7 @@ and a capture sink, and the live server + Chromium for the browser tests."""
 
 import pytest
 
-from tests.e2e.launch import LOAD_MODEL, gunicorn_app, postgres_answers
+from tests.e2e.launch import fake_model_env, gunicorn_app, postgres_answers
 from tests.e2e.servers import CaptureSink, FakeModel
 
 
@@ -13,15 +13,9 @@ def app(tmp_path_factory):
     if not postgres_answers():
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
     model, sink = FakeModel(), CaptureSink()
-    env = {
-        "OPENAI_API_KEY": "sk-fake-e2e",
-        "OPENAI_BASE_URL": f"{model.url}/v1",
-        "OPENAI_MODEL": LOAD_MODEL,
-        "OPENAI_MAX_TOKENS": "100",
-        "OPENAI_TIMEOUT": "2",
-        "POSTHOG_API_KEY": "phc_e2e",
-        "POSTHOG_HOST": sink.url,
-    }
+    env = fake_model_env(
+        model.url, OPENAI_TIMEOUT="2", POSTHOG_API_KEY="phc_e2e", POSTHOG_HOST=sink.url
+    )
     users = [(f"load{i}", None) for i in range(20)] + [("budget", "3.00")]
     try:
         with gunicorn_app(tmp_path_factory.mktemp("gunicorn"), env, users) as app:

@@ -54,6 +54,18 @@ print(json.dumps(ids))
 """
 
 
+def fake_model_env(model_url: str, **extra: str) -> dict:
+    """Settings that point the app at a fake OpenAI-compatible model (`servers.FakeModel`):
+    LOAD_MODEL at 100 max tokens, so every answer costs $1.00, the most a call may."""
+    return {
+        "OPENAI_API_KEY": "sk-fake-e2e",
+        "OPENAI_BASE_URL": f"{model_url}/v1",
+        "OPENAI_MODEL": LOAD_MODEL,
+        "OPENAI_MAX_TOKENS": "100",
+        **extra,
+    }
+
+
 class App:
     def __init__(self, url, env, process, proxy, dbname, user_ids):
         self.url = url

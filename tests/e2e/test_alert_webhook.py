@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.e2e.launch import LOAD_MODEL, gunicorn_app, postgres_answers
+from tests.e2e.launch import fake_model_env, gunicorn_app, postgres_answers
 from tests.e2e.servers import FakeModel, WebhookReceiver
 from tests.e2e.test_real_server import chat, wait_for
 from tests.test_alerts import documented_verify
@@ -20,15 +20,12 @@ def alert_app(tmp_path_factory):
     if not postgres_answers():
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
     model, receiver = FakeModel(), WebhookReceiver()
-    env = {
-        "OPENAI_API_KEY": "sk-fake-e2e",
-        "OPENAI_BASE_URL": f"{model.url}/v1",
-        "OPENAI_MODEL": LOAD_MODEL,
-        "OPENAI_MAX_TOKENS": "100",  # $1.00 a call at most, and the fake answer costs that
-        "USAGE_ALERT_THRESHOLDS": "50",
-        "ALERT_WEBHOOK_URL": f"{receiver.url}/hooks/chatusage",
-        "ALERT_WEBHOOK_SECRET": SECRET,
-    }
+    env = fake_model_env(  # $1.00 a call
+        model.url,
+        USAGE_ALERT_THRESHOLDS="50",
+        ALERT_WEBHOOK_URL=f"{receiver.url}/hooks/chatusage",
+        ALERT_WEBHOOK_SECRET=SECRET,
+    )
     try:
         with gunicorn_app(tmp_path_factory.mktemp("alerts"), env, [("spender", "3.00")]) as app:
             app.receiver = receiver

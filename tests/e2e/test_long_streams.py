@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from chatusage.views import HEALTH_APPLICATION_NAME
-from tests.e2e.launch import LOAD_MODEL, gunicorn_app, postgres_answers
+from tests.e2e.launch import fake_model_env, gunicorn_app, postgres_answers
 from tests.e2e.servers import CaptureSink, FakeModel
 from tests.e2e.test_real_server import wait_for
 
@@ -31,15 +31,12 @@ def streams_app(tmp_path_factory):
     if not postgres_answers():
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
     model, sink = FakeModel(stream_seconds=STREAM_SECONDS, pieces=30), CaptureSink()
-    env = {
-        "OPENAI_API_KEY": "sk-fake-e2e",
-        "OPENAI_BASE_URL": f"{model.url}/v1",
-        "OPENAI_MODEL": LOAD_MODEL,
-        "OPENAI_MAX_TOKENS": "100",
-        "POSTHOG_API_KEY": "phc_e2e",
-        "POSTHOG_HOST": sink.url,
-        "DB_POOL_MAX_SIZE": str(POOL_MAX),
-    }
+    env = fake_model_env(
+        model.url,
+        POSTHOG_API_KEY="phc_e2e",
+        POSTHOG_HOST=sink.url,
+        DB_POOL_MAX_SIZE=str(POOL_MAX),
+    )
     users = [(f"s{i}", None) for i in range(USERS)] + [("kbudget", f"{K}.00")]
     try:
         with gunicorn_app(
