@@ -34,10 +34,52 @@ def _tokens(text: str) -> int:
     return max(1, math.ceil(len(text.encode()) / 4))
 
 
+_CODE_ANSWER = """Here is a small example in Python (from the offline demo model):
+
+```python
+def price(tokens: int, per_million: float) -> float:
+    \"\"\"What a number of tokens costs at a price per million.\"\"\"
+    return tokens * per_million / 1_000_000
+
+
+print(f"${price(1_200, 0.60):.6f}")
+```
+
+The ledger computes every answer's cost this way, with Decimal instead of float."""
+
+_LIST_ANSWER = """What happens to each message you send:
+
+1. **Reserve**: the worst case this answer could cost is held from your budget.
+2. **Call**: the model answers through PostHog's wrapper, which records an `$ai_generation` event.
+3. **Settle**: the real tokens are priced and the hold is released.
+
+- Failed calls cost nothing.
+- An answer cut short is billed for what arrived, flagged as an estimate."""
+
+_TABLE_ANSWER = """Prices of a few models per million tokens (USD):
+
+| model | input | cached input | output |
+|:--|--:|--:|--:|
+| gpt-4o-mini | 0.15 | 0.075 | 0.60 |
+| gpt-4o | 2.50 | 1.25 | 10.00 |
+| gpt-4.1-mini | 0.40 | 0.10 | 1.60 |
+
+Your Usage page shows what you spent, per day and per model."""
+
+
 def demo_answer(messages: list[dict]) -> str:
+    """A fixed answer that shows what the product does; markdown when the prompt asks for
+    code, a list or a table, so a newcomer sees how answers render."""
     prompt = next(
         (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), ""
     )
+    lowered = prompt.lower()
+    if any(word in lowered for word in ("code", "python", "function", "script")):
+        return _CODE_ANSWER
+    if "table" in lowered or "price" in lowered:
+        return _TABLE_ANSWER
+    if "list" in lowered or "steps" in lowered or "how does" in lowered:
+        return _LIST_ANSWER
     words = prompt.split()
     opening = " ".join(words[:8]) + ("…" if len(words) > 8 else "")
     return _TEMPLATE.format(words=len(words), opening=opening, model=settings.OPENAI_MODEL)

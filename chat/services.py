@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from chat import llm
 from chat.models import Conversation, Message
+from chat.render import markdown_html
 from chatusage.db import step
 from usage import limits
 from usage.pricing import UnknownModelError
@@ -326,6 +327,7 @@ def _done_event(answer: Answer) -> dict:
     return {
         "conversation_id": str(answer.conversation.pk),
         "response": answer.message.content,
+        "html": markdown_html(answer.message.content),  # what the page shows on reload
         "interrupted": answer.message.interrupted,
         "usage": answer.usage,
     }

@@ -35,6 +35,28 @@
     return { li, label, content };
   }
 
+  // A Copy button on every code block of an answer.
+  function addCopyButtons(root) {
+    if (!navigator.clipboard) return;
+    root.querySelectorAll("pre").forEach(function (pre) {
+      if (pre.querySelector(".copy-code")) return;
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "copy-code secondary small-button";
+      button.textContent = "Copy";
+      button.setAttribute("aria-label", "Copy this code");
+      button.addEventListener("click", function () {
+        const code = pre.querySelector("code");
+        navigator.clipboard.writeText((code || pre).innerText).then(function () {
+          button.textContent = "Copied";
+          setTimeout(function () { button.textContent = "Copy"; }, 1500);
+        });
+      });
+      pre.prepend(button);
+    });
+  }
+  addCopyButtons(list);
+
   function showError(message) {
     errorText.textContent = message;
     errorBox.hidden = false;
@@ -126,12 +148,18 @@
             answer.content.textContent += payload.text;
           } else if (event === "done") {
             answer.li.classList.remove("streaming");
+            // The server's rendering (markdown, highlighted, sanitised) replaces the text
+            // that streamed in, exactly as a reload would show it.
+            answer.content.innerHTML = payload.html;
+            addCopyButtons(answer.content);
             usageLine.textContent = formatUsage(payload.usage);
           } else if (event === "error") {
             if (answer && payload.response) {
               // Part of the answer arrived before the failure: it was billed, so it stays,
               // with the reason it stops there.
               answer.li.classList.remove("streaming");
+              answer.content.innerHTML = payload.html;
+              addCopyButtons(answer.content);
               answer.li.classList.add("message-interrupted");
               const note = document.createElement("small");
               note.className = "muted";
