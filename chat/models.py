@@ -40,6 +40,8 @@ class Message(models.Model):
     interrupted = models.BooleanField(default=False)
     # Why an answer was cut short by a failure, shown beside what had arrived.
     error = models.CharField(max_length=300, blank=True)
+    # The provider's finish_reason: "length" means cut at the max-tokens limit.
+    finish_reason = models.CharField(max_length=20, blank=True)
     demo = models.BooleanField(default=False, help_text="Answered by the offline demo model.")
 
     class Meta:

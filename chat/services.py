@@ -11,6 +11,8 @@ releases it once no call could still be running (usage.limits.stale_before).
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from uuid import UUID
 
 from django.conf import settings
@@ -24,7 +26,9 @@ from chat.models import Conversation, Message
 from chat.render import markdown_html
 from chatusage.db import step
 from usage import limits
-from usage.pricing import UnknownModelError
+from usage.cycles import cycle_for
+from usage.models import UsageAccount
+from usage.pricing import UnknownModelError, price_for
 
 
 class ChatError(Exception):
@@ -44,6 +48,7 @@ class ChatError(Exception):
 
 @dataclass
 class Turn:
+    user: object  # the User who asked
     conversation: Conversation
     prompt: Message
     messages: list[dict]
@@ -173,7 +178,7 @@ def _start_turn(user, prompt_text, conversation_id=None) -> Turn:
     except BaseException:
         limits.settle(reservation, error="The prompt could not be saved.")
         raise
-    return Turn(conversation, prompt, messages, reservation, provider)
+    return Turn(user, conversation, prompt, messages, reservation, provider)
 
 
 async def start_turn(user, prompt_text, conversation_id=None) -> Turn:
@@ -195,6 +200,7 @@ class Answer:
     message: Message
     generation_id: UUID
     usage: dict
+    budget: dict  # BudgetView.as_dict() right after this answer settled
 
 
 def _finish(
@@ -219,6 +225,7 @@ def _finish(
             generation_id=generation.pk,
             interrupted=interrupted,
             error=error.message if error else "",
+            finish_reason=completion.finish_reason or "",
             demo=turn.provider.demo,
         )
         Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=timezone.now())
@@ -234,8 +241,10 @@ def _finish(
             "total_tokens": generation.total_tokens,
             "cost_usd": str(generation.cost),
             "estimated": generation.cost_estimated,
+            "truncated": answer.finish_reason == "length",
             "latency_ms": generation.latency_ms,
         },
+        budget_view(turn.user).as_dict(),
     )
 
 
@@ -325,6 +334,7 @@ async def stream_events(turn: Turn) -> AsyncIterator[tuple[str, dict]]:
 
 def _done_event(answer: Answer) -> dict:
     return {
+        "budget": answer.budget,
         "conversation_id": str(answer.conversation.pk),
         "response": answer.message.content,
         "html": markdown_html(answer.message.content),  # what the page shows on reload
@@ -337,3 +347,72 @@ def release_unstarted(turn: Turn) -> None:
     """Settle a streamed turn whose response was closed before its stream began."""
     if not turn.streaming:
         limits.settle(turn.reservation, error=NOT_ANSWERED)
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """What the chat page shows of the user's money: left, when it resets, in which state."""
+
+    budget: Decimal  # 0 = no cap
+    spent: Decimal  # settled, and held by answers in flight
+    left: Decimal | None
+    resets_at: datetime
+    least_message: Decimal  # the worst case of the shortest message, as reserve() holds it
+
+    @property
+    def state(self) -> str:
+        """ok, near (80% and up), or empty (not enough left for even a short message)."""
+        if not self.budget:
+            return "ok"
+        if self.left < self.least_message:
+            return "empty"
+        return "near" if self.spent >= self.budget * Decimal("0.8") else "ok"
+
+    @property
+    def percent(self) -> int | None:
+        return round(self.spent / self.budget * 100) if self.budget else None
+
+    def as_dict(self) -> dict:
+        return {
+            "budget": str(self.budget) if self.budget else None,
+            "spent": str(self.spent.quantize(Decimal("0.000001"))),
+            "left": str(self.left.quantize(Decimal("0.000001"))) if self.left is not None else None,
+            "percent": self.percent,
+            "state": self.state,
+            "resets_at": self.resets_at.isoformat(),
+        }
+
+
+def budget_view(user) -> BudgetView:
+    """The user's money this cycle, from the ledger (the same figures reserve() checks)."""
+    account = UsageAccount.objects.for_user(user)
+    cycle = cycle_for(account)
+    spend = limits.spend_for(account, cycle)
+    provider = llm.current_provider()
+    try:
+        least = limits.worst_case(provider.model, history(None, "?"), settings.OPENAI_MAX_TOKENS)
+    except UnknownModelError:
+        least = Decimal(0)
+    return BudgetView(
+        budget=spend.budget,
+        spent=spend.settled_cost + spend.pending_cost,
+        left=spend.budget_left,
+        resets_at=cycle.end,
+        least_message=least,
+    )
+
+
+def estimate_basis(conversation: Conversation | None) -> dict | None:
+    """What the page needs to show a message's worst case while it is typed, computed as
+    reserve() computes it: input bound = history bound + the prompt's UTF-8 bytes."""
+    model = llm.current_provider().model
+    try:
+        price = price_for(model)
+    except UnknownModelError:
+        return None
+    base = limits.worst_case_input_tokens(history(conversation, ""))
+    return {
+        "base_tokens": base,
+        "input_price": str(price.input_per_1m / 1_000_000),
+        "output_cost": str(price.cost(0, 0, settings.OPENAI_MAX_TOKENS)),
+    }

@@ -11,13 +11,13 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from chat import services
-from chat.models import Conversation
+from chat.models import Conversation, Message
 from chatusage import ratelimit
 from chatusage.api import api_view, error, json_body
 from chatusage.db import step
 from usage import alerts
 from usage.cycles import cycle_for
-from usage.models import UsageAccount
+from usage.models import Generation, UsageAccount
 
 
 async def _check_rate(user) -> None:
@@ -38,11 +38,21 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
     account = UsageAccount.objects.for_user(request.user)
     conversations = Conversation.objects.filter(user=request.user).only("id", "title")[:50]
     messages = list(conversation.messages.all()) if conversation else []
+    # Each answer's tokens and cost, from the ledger, in one query.
+    generations = Generation.objects.in_bulk(
+        [m.generation_id for m in messages if m.role == Message.Role.ASSISTANT and m.generation_id]
+    )
+    for m in messages:
+        m.generation = (
+            generations.get(m.generation_id) if m.role == Message.Role.ASSISTANT else None
+        )
     return render(
         request,
         "chat/chat.html",
         {
             "account": account,
+            "budget": services.budget_view(request.user),
+            "estimate": services.estimate_basis(conversation),
             "alert_banner": alerts.banner_alerts(request.user, cycle_for(account)),
             "conversation": conversation,
             "conversations": conversations,
@@ -169,5 +179,6 @@ async def api_chat(request: HttpRequest) -> HttpResponse:
             "conversation_id": str(answer.conversation.pk),
             "generation_id": str(answer.generation_id),
             "usage": answer.usage,
+            "budget": answer.budget,
         }
     )

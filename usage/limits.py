@@ -192,6 +192,11 @@ def estimate_usage(reservation: Reservation, output_text: str) -> TokenUsage:
     )
 
 
+def worst_case(model: str, messages: list[dict], max_tokens: int) -> Decimal:
+    """What reserve() would hold for this call: the most it can cost."""
+    return price_for(model).cost(worst_case_input_tokens(messages), 0, max_tokens)
+
+
 def stale_before(now: datetime) -> datetime:
     """Pending rows created before this can no longer be in flight.
 

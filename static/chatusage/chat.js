@@ -11,7 +11,6 @@
   const errorBox = document.getElementById("chat-error");
   const errorText = document.getElementById("chat-error-text");
   const retry = document.getElementById("retry");
-  const usageLine = document.getElementById("usage-line");
 
   function csrfToken() {
     const input = form.querySelector("input[name=csrfmiddlewaretoken]");
@@ -91,9 +90,38 @@
     }
   }
 
+  function money(value, places) {
+    const amount = Number(value);
+    if (amount && Math.abs(amount) < Math.pow(10, -places)) places = 6;
+    return "$" + amount.toLocaleString("en-US", { minimumFractionDigits: places,
+                                                 maximumFractionDigits: places });
+  }
+
   function formatUsage(usage) {
-    return usage.total_tokens + " tokens · $" + Number(usage.cost_usd).toFixed(6) +
-      (usage.estimated ? " (estimated)" : "") + " · " + usage.latency_ms + " ms";
+    return usage.total_tokens.toLocaleString("en-US") + " tokens · " + money(usage.cost_usd, 4) +
+      (usage.estimated ? " · estimated" : "") +
+      (usage.truncated ? " · cut at the length limit" : "");
+  }
+
+  // Below each answer, as the page shows it after a reload.
+  function showAnswerMeta(answerLi, usage) {
+    const meta = document.createElement("small");
+    meta.className = "answer-meta";
+    meta.textContent = formatUsage(usage);
+    answerLi.append(meta);
+  }
+
+  // The money line under the title: left, of what, when it resets; amber from 80%.
+  const budgetLine = document.getElementById("budget-line");
+  function showBudget(budget) {
+    if (!budgetLine || !budget || !budget.budget) return;
+    const resets = new Date(budget.resets_at).toLocaleDateString(undefined,
+      { day: "numeric", month: "short" });
+    budgetLine.textContent = money(budget.left, 2) + " left of " + money(budget.budget, 2) +
+      " · resets " + resets;
+    budgetLine.className = "budget-line small budget-" + budget.state;
+    budgetLine.hidden = false;
+    if (budget.state === "empty") window.location.reload();  // the server shows the card
   }
 
   async function submit(text) {
@@ -152,7 +180,8 @@
             // that streamed in, exactly as a reload would show it.
             answer.content.innerHTML = payload.html;
             addCopyButtons(answer.content);
-            usageLine.textContent = formatUsage(payload.usage);
+            showAnswerMeta(answer.li, payload.usage);
+            showBudget(payload.budget);
           } else if (event === "error") {
             if (answer && payload.response) {
               // Part of the answer arrived before the failure: it was billed, so it stays,
@@ -165,7 +194,8 @@
               note.className = "muted";
               note.textContent = "Cut short: " + payload.error;
               answer.li.append(note);
-              usageLine.textContent = formatUsage(payload.usage);
+              showAnswerMeta(answer.li, payload.usage);
+              showBudget(payload.budget);
               answer = null;
               partialError = payload.error;
               continue;
@@ -178,6 +208,7 @@
         throw new Error("The connection ended before the answer was complete.");
       }
       prompt.value = "";
+      showEstimate();
       if (partialError) {
         errorText.textContent = partialError;
         errorBox.hidden = false;
@@ -198,6 +229,23 @@
       if (!failed) prompt.focus();
     }
   }
+
+  // While typing: about how many tokens go in, and the most this message can cost (the
+  // hold reserve() will place: history bound + the prompt's UTF-8 bytes, max output).
+  const estimateLine = document.getElementById("estimate-line");
+  function showEstimate() {
+    if (!estimateLine || !estimateLine.dataset.baseTokens) return;
+    const text = prompt.value.trim();
+    if (!text) { estimateLine.textContent = ""; return; }
+    const bytes = new TextEncoder().encode(text).length;
+    const bound = Number(estimateLine.dataset.baseTokens) + bytes;
+    const most = bound * Number(estimateLine.dataset.inputPrice) +
+      Number(estimateLine.dataset.outputCost);
+    estimateLine.textContent = "about " + Math.ceil(bound / 4).toLocaleString("en-US") +
+      " tokens in · at most " + money(most, 4) + " for this message";
+  }
+  prompt.addEventListener("input", showEstimate);
+  showEstimate();
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from chat import services
 from tests.conftest import hold_budget
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -81,9 +82,11 @@ def test_sign_up_chat_see_the_cost_and_log_out(page, live_server, django_user_mo
     assert answer.value.headers["content-type"] == "text/event-stream"
     assistant = page.locator(".message-assistant .content").last
     assistant.wait_for()
-    page.wait_for_function("document.getElementById('usage-line').textContent.includes('tokens')")
+    meta = page.locator(".message-assistant .answer-meta").last
+    meta.wait_for()
     assert "offline demo model" in assistant.inner_text()
-    assert re.search(r"\d+ tokens · \$0\.\d{6}", page.inner_text("#usage-line"))
+    assert re.fullmatch(r"\d+ tokens · \$0\.\d{4,6}", meta.inner_text())
+    assert "left of $5.00" in page.inner_text("#budget-line")
     assert re.fullmatch(rf"{base}/chat/[0-9a-f-]{{36}}/", page.url)  # the conversation's URL
     assert page.input_value("#prompt") == ""
     assert "How much does this answer cost?" in page.inner_text(".conversations")
@@ -126,13 +129,15 @@ def test_a_refused_message_keeps_the_prompt_and_writes_nothing(
     user = django_user_model.objects.create_user("dave", "dave@example.com", PASSWORD)
     user.usage_account.budget_usd = "0.01"
     user.usage_account.save()
-    hold_budget(user, "0.01")  # a call in flight already holds the whole budget
+    # Calls in flight hold all but enough for a short message, not for a long one.
+    hold_budget(user, "0.00965")
+    assert services.budget_view(user).state == "near"
     login(page, live_server.url, "dave", PASSWORD)
-    page.fill("#prompt", "Keep this prompt, please")
+    page.fill("#prompt", "Keep this prompt, please. " * 40)
     page.click("#send")
     page.locator("#chat-error").wait_for(state="visible")
     assert "Usage limit reached" in page.inner_text("#chat-error-text")
-    assert page.input_value("#prompt") == "Keep this prompt, please"
+    assert page.input_value("#prompt") == ("Keep this prompt, please. " * 40).strip()
     # The same message would be refused again: no Retry, no sent bubble, nothing saved.
     assert not page.is_visible("#retry")
     assert page.locator(".message-user").count() == 0
