@@ -4,11 +4,13 @@ holds no thread and no database connection while the model works (chat/services.
 import json
 
 from asgiref.sync import sync_to_async
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_http_methods, require_POST
 
 from chat import services
 from chat.models import Conversation, Message
@@ -33,10 +35,17 @@ async def _check_rate(user) -> None:
         )
 
 
+CONVERSATIONS_PER_PAGE = 50
+
+
 def _page(request, conversation=None, *, prompt="", error_message="", status=200):
     """The chat page; a failed call (5xx) offers Retry, a refusal (4xx) only its reason."""
     account = UsageAccount.objects.for_user(request.user)
-    conversations = Conversation.objects.filter(user=request.user).only("id", "title")[:50]
+    search = request.GET.get("q", "").strip()[:100]
+    listed = Conversation.objects.filter(user=request.user).only("id", "title", "updated_at")
+    if search:
+        listed = listed.filter(title__icontains=search)
+    conversations = Paginator(listed, CONVERSATIONS_PER_PAGE).get_page(request.GET.get("page"))
     messages = list(conversation.messages.all()) if conversation else []
     # Each answer's tokens and cost, from the ledger, in one query.
     generations = Generation.objects.in_bulk(
@@ -56,6 +65,7 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
             "alert_banner": alerts.banner_alerts(request.user, cycle_for(account)),
             "conversation": conversation,
             "conversations": conversations,
+            "search": search,
             "chat_messages": messages,
             "prompt": prompt,
             "error_message": error_message,
@@ -182,3 +192,24 @@ async def api_chat(request: HttpRequest) -> HttpResponse:
             "budget": answer.budget,
         }
     )
+
+
+@login_required
+@require_POST
+def rename(request: HttpRequest, conversation_id) -> HttpResponse:
+    conversation = services.conversation_for(request.user, conversation_id)
+    title = " ".join(request.POST.get("title", "").split())[:120]
+    if title:
+        Conversation.objects.filter(pk=conversation.pk).update(title=title)
+    return redirect("chat:conversation", conversation_id=conversation.pk)
+
+
+@login_required
+@require_POST
+def delete(request: HttpRequest, conversation_id) -> HttpResponse:
+    """Delete a conversation and its messages. Its generations stay in the ledger: what was
+    spent is history, and the usage page and exports still count it."""
+    conversation = services.conversation_for(request.user, conversation_id)
+    conversation.delete()
+    messages.success(request, "Conversation deleted. Its costs stay in your usage.")
+    return redirect("chat:index")

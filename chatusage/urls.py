@@ -11,6 +11,7 @@ urlpatterns = [
     path("accounts/verify/<str:token>/", views.verify_email, name="verify_email"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon),
     path("admin/", admin.site.urls),
 ]
 

@@ -89,3 +89,54 @@ def test_the_pre_send_estimate_is_the_hold_reserve_places(alice_client, alice, s
 
     held = limits.worst_case(settings.DEMO_MODEL, history(None, prompt), settings.OPENAI_MAX_TOKENS)
     assert shown == held
+
+
+def test_a_conversation_can_be_renamed_only_by_its_owner(alice_client, outsider, openai_mock):
+    from django.test import Client
+
+    conversation_id = post(alice_client, {"prompt": "first words"}).json()["conversation_id"]
+    intruder = Client()
+    intruder.force_login(outsider)
+    assert intruder.post(f"/chat/{conversation_id}/rename/", {"title": "mine"}).status_code == 404
+    alice_client.post(f"/chat/{conversation_id}/rename/", {"title": "  Trip   plans "})
+    page = alice_client.get(f"/chat/{conversation_id}/").content.decode()
+    assert "<title>Trip plans · chatusage</title>" in page
+
+
+def test_deleting_a_conversation_keeps_what_it_cost(alice_client, alice, outsider, openai_mock):
+    from django.test import Client
+
+    from chat.models import Conversation, Message
+
+    conversation_id = post(alice_client, {"prompt": "forget me"}).json()["conversation_id"]
+    intruder = Client()
+    intruder.force_login(outsider)
+    assert intruder.post(f"/chat/{conversation_id}/delete/").status_code == 404
+    response = alice_client.post(f"/chat/{conversation_id}/delete/", follow=True)
+    assert "Its costs stay in your usage" in response.content.decode()
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+    generation = Generation.objects.get(user=alice)
+    assert generation.status == "ok" and generation.cost > 0
+    assert alice_client.get("/api/usage/").json()["usage"] == 1
+
+
+def test_conversations_are_searchable_and_paged(alice_client, alice):
+    from chat.models import Conversation
+
+    Conversation.objects.bulk_create(
+        Conversation(user=alice, title=f"topic {n}") for n in range(55)
+    )
+    Conversation.objects.create(user=alice, title="Holiday in Lisbon")
+    first = alice_client.get("/chat/").content.decode()
+    assert "page 1 of 2" in first and "Older</a>" in first
+    found = alice_client.get("/chat/?q=lisbon").content.decode()
+    assert "Holiday in Lisbon" in found and "topic 3<" not in found
+
+
+def test_pages_have_a_skip_link_a_favicon_and_follow_the_systems_theme(alice_client):
+    page = alice_client.get("/chat/").content.decode()
+    assert '<a class="skip-link" href="#main">' in page and 'id="main"' in page
+    assert 'rel="icon"' in page
+    assert "data-theme" not in page  # Pico follows prefers-color-scheme
+    assert 'id="messages" aria-live' not in page  # one announcement per answer, not per token
+    assert alice_client.get("/favicon.ico").status_code == 301

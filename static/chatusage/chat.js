@@ -62,13 +62,31 @@
     retry.hidden = false;
   }
 
+  const stop = document.getElementById("stop");
+  const announce = document.getElementById("announce");
+  const title = document.getElementById("chat-title");
+  let controller = null;  // aborts the stream in flight: the server settles what arrived
+
   function setBusy(busy) {
     send.disabled = busy;
     send.setAttribute("aria-busy", busy ? "true" : "false");
+    send.hidden = busy;
+    stop.hidden = !busy;
   }
 
-  function onConversation(id, title) {
+  stop.addEventListener("click", function () {
+    if (controller) controller.abort();
+  });
+
+  // The conversation opens at its latest message.
+  if (list.lastElementChild) list.lastElementChild.scrollIntoView({ block: "end" });
+
+  function onConversation(id, firstLine) {
     if (!id || chat.dataset.conversationId === id) return;
+    // A new conversation is named after its first message, as the server names it.
+    const name = (firstLine || "New conversation").split("\n")[0].slice(0, 80);
+    title.textContent = name;
+    document.title = name + " · chatusage";
     chat.dataset.conversationId = id;
     const url = chat.dataset.conversationUrlTemplate.replace(
       "00000000-0000-0000-0000-000000000000", id);
@@ -83,7 +101,7 @@
       const li = document.createElement("li");
       const link = document.createElement("a");
       link.href = url;
-      link.textContent = (title || "New conversation").split("\n")[0].slice(0, 80);
+      link.textContent = name;
       link.setAttribute("aria-current", "page");
       li.append(link);
       nav.prepend(li);
@@ -131,8 +149,10 @@
     let answer = null;
     let failed = false;
     let partialError = "";
+    controller = new AbortController();
     try {
       const response = await fetch(chat.dataset.apiUrl, {
+        signal: controller.signal,
         method: "POST",
         credentials: "same-origin",
         headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken(),
@@ -182,6 +202,7 @@
             addCopyButtons(answer.content);
             showAnswerMeta(answer.li, payload.usage);
             showBudget(payload.budget);
+            announce.textContent = "Answer complete.";
           } else if (event === "error") {
             if (answer && payload.response) {
               // Part of the answer arrived before the failure: it was billed, so it stays,
@@ -214,6 +235,17 @@
         errorBox.hidden = false;
       }
     } catch (err) {
+      if (err.name === "AbortError" && answer) {
+        // Stopped by the user: what arrived stays, as a reload will show it.
+        answer.li.classList.remove("streaming");
+        const note = document.createElement("small");
+        note.className = "muted";
+        note.textContent = "Stopped. What arrived is kept and billed as an estimate.";
+        answer.li.append(note);
+        prompt.value = "";
+        announce.textContent = "Answer stopped.";
+        return;
+      }
       failed = true;
       if (answer) answer.li.remove();
       prompt.value = text;  // never lose what the user wrote
@@ -253,8 +285,10 @@
     if (!text || send.disabled) return;
     submit(text);
   });
+  // Enter sends on a keyboard; on a touch screen it is a new line and Send sends.
+  const touch = window.matchMedia && window.matchMedia("(pointer: coarse)").matches;
   prompt.addEventListener("keydown", function (event) {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && !touch) {
       event.preventDefault();
       form.requestSubmit();
     }
