@@ -133,7 +133,8 @@
   const budgetLine = document.getElementById("budget-line");
   function showBudget(budget) {
     if (!budgetLine || !budget || !budget.budget) return;
-    const resets = new Date(budget.resets_at).toLocaleDateString(undefined,
+    // "27 Dec", as the server writes it.
+    const resets = new Date(budget.resets_at).toLocaleDateString("en-GB",
       { day: "numeric", month: "short" });
     budgetLine.textContent = money(budget.left, 2) + " left of " + money(budget.budget, 2) +
       " · resets " + resets;

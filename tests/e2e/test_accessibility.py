@@ -80,3 +80,17 @@ def test_the_chat_usage_and_password_pages_pass_axe(scheme_page, live_server, dj
     page.goto(live_server.url + "/chat/")
     page.locator("#budget-empty").wait_for()
     check(page, "chat-budget-used-up")
+
+
+def test_a_refused_message_passes_axe(scheme_page, live_server, django_user_model):
+    page = scheme_page
+    user = django_user_model.objects.create_user("fred", "fred@example.com", PASSWORD)
+    user.usage_account.budget_usd = "0.01"
+    user.usage_account.save()
+    hold_budget(user, "0.00965")  # room for a short message, not for this long one
+    login(page, live_server.url, "fred", PASSWORD)
+    page.wait_for_url(f"{live_server.url}/chat/")
+    page.fill("#prompt", "Keep this prompt, please. " * 40)
+    page.click("#send")
+    page.locator("#chat-error").wait_for(state="visible")
+    check(page, "chat-refused")

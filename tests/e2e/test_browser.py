@@ -86,7 +86,9 @@ def test_sign_up_chat_see_the_cost_and_log_out(page, live_server, django_user_mo
     meta.wait_for()
     assert "offline demo model" in assistant.inner_text()
     assert re.fullmatch(r"\d+ tokens · \$0\.\d{4,6}", meta.inner_text())
-    assert "left of $5.00" in page.inner_text("#budget-line")
+    assert re.fullmatch(
+        r"\$5\.00 left of \$5\.00 · resets \d{1,2} \w{3}", page.inner_text("#budget-line")
+    )
     assert re.fullmatch(rf"{base}/chat/[0-9a-f-]{{36}}/", page.url)  # the conversation's URL
     assert page.input_value("#prompt") == ""
     assert "How much does this answer cost?" in page.inner_text(".conversations")
