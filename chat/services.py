@@ -359,25 +359,22 @@ class BudgetView:
     resets_at: datetime
     least_message: Decimal  # the worst case of the shortest message, as reserve() holds it
 
-    @property
-    def state(self) -> str:
-        """ok, near (80% and up), or empty (not enough left for even a short message)."""
-        if not self.budget:
-            return "ok"
-        if self.left < self.least_message:
-            return "empty"
-        return "near" if self.spent >= self.budget * Decimal("0.8") else "ok"
+    spend_state: str  # Spend.state: ok, near (from 80%) or over
+    percent: Decimal | None  # Spend.percent: the figure every page shows
 
     @property
-    def percent(self) -> int | None:
-        return round(self.spent / self.budget * 100) if self.budget else None
+    def state(self) -> str:
+        """The ledger's state, or empty when not even a short message fits any more."""
+        if self.budget and self.left < self.least_message:
+            return "empty"
+        return self.spend_state
 
     def as_dict(self) -> dict:
         return {
             "budget": str(self.budget) if self.budget else None,
             "spent": str(self.spent.quantize(Decimal("0.000001"))),
             "left": str(self.left.quantize(Decimal("0.000001"))) if self.left is not None else None,
-            "percent": self.percent,
+            "percent": float(self.percent) if self.percent is not None else None,
             "state": self.state,
             "resets_at": self.resets_at.isoformat(),
         }
@@ -399,6 +396,8 @@ def budget_view(user) -> BudgetView:
         left=spend.budget_left,
         resets_at=cycle.end,
         least_message=least,
+        spend_state=spend.state,
+        percent=spend.percent,
     )
 
 

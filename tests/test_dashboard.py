@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import responses
 from django.test import Client
+from django.utils import timezone
 
 from usage import reports
 from usage.cycles import Cycle, cycle_for, local_day
@@ -217,7 +218,7 @@ def test_the_dashboard_shows_the_cycle_budget_and_models(anchored, history):
     client = Client()
     client.force_login(anchored)
     page = client.get("/usage/").content.decode()
-    assert "31 Oct 2026 – 30 Nov 2026" in page
+    assert "31 Oct – 29 Nov 2026" in page  # the last day it covers, not the next cycle's first
     assert 'id="stat-messages">4<' in page
     assert "gpt-4.1-nano" in page
     assert "Source: the ledger" in page
@@ -369,3 +370,68 @@ def test_only_one_request_per_user_and_cycle_asks_posthog_at_a_time(
     shared_cache.delete(in_flight)
     assert reports.report_for(anchored, cycle).source == "posthog"
     assert shared_cache.get(in_flight) is None  # released after its answer
+
+
+# --- The budget card and the dates ---------------------------------------------
+
+
+def _settled(user, amount):
+    from usage.cycles import local_day
+    from usage.models import DailyUsage
+
+    DailyUsage.objects.create(
+        user=user,
+        day=local_day(timezone.now()),
+        model="gpt-4o-mini",
+        generations=1,
+        cost=Decimal(amount),
+    )
+
+
+@pytest.mark.parametrize(
+    ("budget", "spent", "state", "text"),
+    [
+        ("0", "0.30", "ok", "No cap"),
+        ("1.00", "0", "ok", "0.0% used"),
+        ("1.00", "0.79", "ok", "79.0% used"),
+        ("1.00", "0.80", "near", "80.0% used"),
+        ("1.00", "1.00", "near", "100.0% used"),
+        ("1.00", "1.54", "over", "154.0% used · <strong>over by $0.54</strong>"),
+    ],
+)
+def test_the_budget_card_says_spent_of_budget_in_its_state(alice, budget, spent, state, text):
+    from tests.conftest import set_budget
+
+    set_budget(alice, budget)
+    if spent != "0":
+        _settled(alice, spent)
+    client = Client()
+    client.force_login(alice)
+    page = client.get("/usage/").content.decode()
+    assert f'class="stat budget budget-{state}" id="budget-card"' in page
+    assert text in page
+    if budget != "0":
+        assert f"${Decimal(spent):.2f} <small>of $1.00 spent</small>" in page
+        assert "resets " in page and " (in " in page
+        # The same percentage in the JSON and on the chat page.
+        data = client.get("/api/usage/").json()["budget"]
+        assert data["percent"] == float(Decimal(spent) * 100)
+        assert data["state"] == state
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "words"),
+    [
+        (date(2026, 11, 7), date(2026, 12, 7), "7 Nov – 6 Dec 2026"),
+        (date(2026, 12, 15), date(2027, 1, 15), "15 Dec 2026 – 14 Jan 2027"),
+        (date(2026, 1, 31), date(2026, 2, 28), "31 Jan – 27 Feb 2026"),
+        (date(2026, 3, 15), date(2026, 4, 15), "15 Mar – 14 Apr 2026"),  # DST starts inside
+    ],
+)
+def test_cycles_read_as_the_days_they_cover(start, end, words):
+    from usage.templatetags.money import cycle_range
+
+    cycle = Cycle(start, end, ZoneInfo("America/New_York"))
+    assert cycle_range(cycle) == words
+    # A whole number of local days, even across the DST change.
+    assert len(cycle.days) == (end - start).days

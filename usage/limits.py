@@ -126,6 +126,27 @@ class Spend:
             return None
         return max(self.budget - self.settled_cost - self.pending_cost, Decimal(0))
 
+    @property
+    def percent(self) -> Decimal | None:
+        """Settled spend as a percentage of the budget, uncapped: the one figure the usage
+        page, the chat page, the JSON and admin ("Used") all show."""
+        if not self.budget:
+            return None
+        return (self.settled_cost / self.budget * 100).quantize(Decimal("0.1"))
+
+    @property
+    def state(self) -> str:
+        """ok, near (from 80%) or over (past the budget); ok without a cap."""
+        if not self.budget:
+            return "ok"
+        if self.settled_cost > self.budget:
+            return "over"
+        return "near" if self.percent >= 80 else "ok"
+
+    @property
+    def over_by(self) -> Decimal:
+        return max(self.settled_cost - self.budget, Decimal(0)) if self.budget else Decimal(0)
+
 
 class UsageLimitReached(Exception):
     """The call's worst case would pass the user's budget or message limit."""

@@ -123,9 +123,10 @@ class UsageReport:
 
     @property
     def spent_fraction(self) -> float | None:
+        """Settled spend over the budget (Spend.percent / 100), uncapped."""
         if not self.spend.budget:
             return None
-        return float(self.budget_spent / self.spend.budget)
+        return float(self.spend.percent) / 100
 
     @property
     def budget_left(self) -> Decimal | None:
@@ -161,6 +162,9 @@ class UsageReport:
                     else None
                 ),
                 "spent_fraction": self.spent_fraction,
+                "percent": float(self.spend.percent) if self.spend.budget else None,
+                "state": self.spend.state,
+                "over_by_usd": str(self.spend.over_by) if self.spend.budget else None,
                 "message_limit": self.spend.message_limit or None,
                 "resets_at": self.cycle.end.isoformat(),
             },

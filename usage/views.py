@@ -61,11 +61,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "cycles": earlier_cycles(account, EARLIER_CYCLES_SHOWN),
             "account": account,
             "alert_banner": alerts.banner_alerts(request.user, cycle_for(account)),
-            "budget_percent": (
-                min(round(report.spent_fraction * 100, 1), 100)
-                if report.spent_fraction is not None
-                else None
-            ),
+            # The bar stops at full; the text says by how much the budget was passed.
+            "budget_bar": min(report.spend.percent, 100) if report.spend.budget else None,
         },
         status=status,
     )

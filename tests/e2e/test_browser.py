@@ -133,7 +133,7 @@ def test_a_refused_message_keeps_the_prompt_and_writes_nothing(
     user.usage_account.save()
     # Calls in flight hold all but enough for a short message, not for a long one.
     hold_budget(user, "0.00965")
-    assert services.budget_view(user).state == "near"
+    assert services.budget_view(user).state != "empty"  # the composer is there
     login(page, live_server.url, "dave", PASSWORD)
     page.fill("#prompt", "Keep this prompt, please. " * 40)
     page.click("#send")
