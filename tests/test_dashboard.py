@@ -222,7 +222,10 @@ def test_the_dashboard_shows_the_cycle_budget_and_models(anchored, history):
     assert 'id="stat-messages">4<' in page
     assert "gpt-4.1-nano" in page
     assert "Source: the ledger" in page
-    assert "<svg" in page and page.count('class="bar"') == 30
+    # Every day of the 30-day cycle, wide and narrow: a bar so far, an empty slot after today.
+    assert page.count('class="bar"') + page.count('class="future"') == 2 * 30
+    assert page.count('class="future"') > 0 and 'class="today"' in page
+    assert "on pace for" in page and page.count("<tr><td>") >= 30  # the table alternative
     assert "resets" in page
 
 
@@ -435,3 +438,19 @@ def test_cycles_read_as_the_days_they_cover(start, end, words):
     assert cycle_range(cycle) == words
     # A whole number of local days, even across the DST change.
     assert len(cycle.days) == (end - start).days
+
+
+def test_the_forecast_carries_the_daily_average_to_the_cycles_end():
+    from usage.charts import nice_step, pace_chart
+    from usage.reports import Totals
+
+    days = [date(2026, 11, d) for d in range(1, 31)]
+    daily = [
+        (d, Totals(messages=1, cost=Decimal("0.10") if d.day <= 10 else Decimal(0))) for d in days
+    ]
+    pace = pace_chart(daily, date(2026, 11, 10), Decimal("5.00"), 720)
+    assert pace.projected == Decimal("3.000000")  # $1.00 in 10 days, 30 days in the cycle
+    assert pace.budget_y is not None and len(pace.points.split()) == 10
+    assert [nice_step(Decimal(v)) for v in ("0.07", "0.9", "4.2", "0")] == [
+        Decimal("0.05"), Decimal("0.5"), Decimal("2"), Decimal("0.01"),
+    ]  # fmt: skip

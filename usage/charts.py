@@ -1,13 +1,45 @@
-"""A server-side SVG bar chart of daily cost: no JavaScript, works offline and in print."""
+"""Server-side SVG charts of a cycle: no JavaScript, work offline and in print.
 
-from dataclasses import dataclass
+Each chart is drawn twice, wide and narrow; CSS shows the one that fits, so its labels
+render at a readable size on a desktop and on a phone alike.
+"""
+
+import math
+from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
 
-WIDTH = 720
-HEIGHT = 200
-PAD_LEFT = 48
-PAD_BOTTOM = 22
-PAD_TOP = 8
+HEIGHT = 220
+PAD_LEFT = 72  # room for "$0.00006" at the axis
+PAD_RIGHT = 8
+PAD_BOTTOM = 24
+PAD_TOP = 12
+SIZES = {"wide": 720, "narrow": 360}  # viewBox widths; the narrow one is for phones
+
+
+def nice_step(peak: Decimal, ticks: int = 3) -> Decimal:
+    """A round step (1, 2 or 5 × 10^n) that covers `peak` in about `ticks` gridlines."""
+    if peak <= 0:
+        return Decimal("0.01")
+    raw = float(peak) / ticks
+    power = 10 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 5, 10):
+        if factor * power >= raw:
+            return Decimal(str(factor * power))
+    raise AssertionError("unreachable")
+
+
+def money_label(amount: Decimal) -> str:
+    if amount == 0:
+        return "$0"
+    places = max(2, -Decimal(amount).normalize().as_tuple().exponent)
+    return f"${amount:,.{min(places, 6)}f}"
+
+
+@dataclass(frozen=True)
+class Tick:
+    y: float
+    label: str
 
 
 @dataclass(frozen=True)
@@ -16,9 +48,11 @@ class Bar:
     y: float
     width: float
     height: float
-    label: str
-    title: str
+    label: str  # the day, under the axis
+    tip: str  # shown on hover and keyboard focus
     show_label: bool
+    future: bool
+    today: bool
 
 
 @dataclass(frozen=True)
@@ -26,34 +60,109 @@ class Chart:
     width: int
     height: int
     bars: list[Bar]
-    max_label: str
+    ticks: list[Tick]
     baseline: float
     plot_left: int
+    today_x: float | None
 
 
-def daily_cost_chart(daily) -> Chart:
-    """`daily` is the report's [(day, Totals)], one per day of the cycle."""
-    peak = max((t.cost for _, t in daily), default=Decimal(0)) or Decimal(1)
-    plot_w = WIDTH - PAD_LEFT
+def _ticks(top: Decimal, step: Decimal, plot_h: float) -> list[Tick]:
+    count = int(top / step)
+    return [
+        Tick(round(PAD_TOP + plot_h - float(step * n / top) * plot_h, 2), money_label(step * n))
+        for n in range(count + 1)
+    ]
+
+
+def daily_cost_chart(daily, today: date | None, width: int) -> Chart:
+    """`daily` is the report's [(day, Totals)], one per day of the cycle; days after
+    `today` are drawn as empty slots."""
+    peak = max((t.cost for _, t in daily), default=Decimal(0))
+    step = nice_step(peak)
+    top = step * max(1, math.ceil(peak / step)) if peak else step * 3
+    plot_w = width - PAD_LEFT - PAD_RIGHT
     plot_h = HEIGHT - PAD_BOTTOM - PAD_TOP
     slot = plot_w / max(len(daily), 1)
-    step = max(1, len(daily) // 10)
-    bars = []
+    # Labels at least ~44 user units apart: every day wide, fewer when narrow.
+    every = max(1, math.ceil(44 / slot))
+    bars, today_x = [], None
     for i, (day, totals) in enumerate(daily):
-        h = float(totals.cost / peak) * plot_h if totals.cost else 0.0
+        h = float(totals.cost / top) * plot_h if totals.cost else 0.0
+        x = PAD_LEFT + i * slot
+        if day == today:
+            today_x = round(x + slot / 2, 2)
         bars.append(
             Bar(
-                x=round(PAD_LEFT + i * slot + slot * 0.15, 2),
+                x=round(x + slot * 0.12, 2),
                 y=round(PAD_TOP + plot_h - h, 2),
-                width=round(slot * 0.7, 2),
+                width=round(slot * 0.76, 2),
                 height=round(h, 2),
-                label=day.strftime("%d %b"),
-                title=(
-                    f"{day:%a %d %b}: {totals.messages} messages, "
-                    f"{totals.total_tokens:,} tokens, ${totals.cost:.4f}"
-                ),
-                show_label=i % step == 0,
+                label=f"{day:%-d %b}",
+                tip=f"{day:%a %-d %b}: {money_label(totals.cost)}, {totals.messages} messages",
+                show_label=i % every == 0,
+                future=today is not None and day > today,
+                today=day == today,
             )
         )
-    max_label = f"${peak:.4f}" if any(t.cost for _, t in daily) else "$0"
-    return Chart(WIDTH, HEIGHT, bars, max_label, HEIGHT - PAD_BOTTOM, PAD_LEFT)
+    return Chart(
+        width, HEIGHT, bars, _ticks(top, step, plot_h), HEIGHT - PAD_BOTTOM, PAD_LEFT, today_x
+    )
+
+
+@dataclass(frozen=True)
+class Pace:
+    """Spend so far against the budget, and where the cycle is heading at this pace."""
+
+    width: int
+    height: int
+    points: str  # the cumulative line, "x,y x,y …"
+    forecast: str  # dashed, from today to the cycle's last day
+    budget_y: float | None
+    ticks: list[Tick]
+    baseline: float
+    plot_left: int
+    projected: Decimal  # at the average daily spend so far, by the cycle's end
+    last_day: date
+    labels: list[tuple[float, str]] = field(default_factory=list)
+
+
+def pace_chart(daily, today: date | None, budget: Decimal, width: int) -> Pace:
+    """The running total by day, the budget as a line, and a forecast: the average daily
+    spend of the days so far (today included), carried on to the cycle's last day."""
+    days = [d for d, _ in daily]
+    elapsed = len([d for d in days if today is None or d <= today]) or 1
+    running, total = [], Decimal(0)
+    for _day, totals in daily[:elapsed]:
+        total += totals.cost
+        running.append(total)
+    projected = (total / elapsed * len(days)).quantize(Decimal("0.000001"))
+    top_value = max(projected, budget or Decimal(0), total)
+    step = nice_step(top_value)
+    top = step * max(1, math.ceil(top_value / step)) if top_value else step * 3
+    plot_w = width - PAD_LEFT - PAD_RIGHT
+    plot_h = HEIGHT - PAD_BOTTOM - PAD_TOP
+    slot = plot_w / max(len(days), 1)
+
+    def xy(i, value):
+        return round(PAD_LEFT + (i + 0.5) * slot, 2), round(
+            PAD_TOP + plot_h - float(value / top) * plot_h, 2
+        )
+
+    points = " ".join(f"{x},{y}" for x, y in (xy(i, v) for i, v in enumerate(running)))
+    fx, fy = xy(elapsed - 1, total)
+    ex, ey = xy(len(days) - 1, projected)
+    every = max(1, math.ceil(44 / slot))
+    labels = [(xy(i, 0)[0], f"{d:%-d %b}") for i, d in enumerate(days) if i % every == 0]
+    return Pace(
+        width=width,
+        height=HEIGHT,
+        points=points,
+        forecast=f"{fx},{fy} {ex},{ey}",
+        budget_y=xy(0, budget)[1] if budget else None,
+        ticks=_ticks(top, step, plot_h),
+        baseline=HEIGHT - PAD_BOTTOM,
+        plot_left=PAD_LEFT,
+        projected=projected,
+        last_day=days[-1],
+        labels=labels,
+    )

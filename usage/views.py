@@ -14,8 +14,15 @@ from django.views.decorators.http import require_GET, require_POST
 from chatusage import cache as shared_cache
 from chatusage.api import api_view, error
 from usage import alerts, reports
-from usage.charts import daily_cost_chart
-from usage.cycles import Cycle, NoSuchCycle, account_cycle, cycle_for, earlier_cycles
+from usage.charts import SIZES, daily_cost_chart, pace_chart
+from usage.cycles import (
+    Cycle,
+    NoSuchCycle,
+    account_cycle,
+    cycle_for,
+    earlier_cycles,
+    local_day,
+)
 from usage.exports import csv_lines
 from usage.models import Alert, Generation
 
@@ -41,6 +48,19 @@ def _cycle_from(request, account) -> Cycle:
         raise BadCycle(str(exc)) from exc
 
 
+def _charts(report) -> list[dict]:
+    """Each chart wide and narrow (CSS shows the one that fits the screen)."""
+    today = local_day(timezone.now(), report.cycle.tz) if report.is_current else None
+    return [
+        {
+            "size": size,
+            "daily": daily_cost_chart(report.daily, today, width),
+            "pace": pace_chart(report.daily, today, report.spend.budget, width),
+        }
+        for size, width in SIZES.items()
+    ]
+
+
 @login_required
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
@@ -57,7 +77,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "usage/dashboard.html",
         {
             "report": report,
-            "chart": daily_cost_chart(report.daily),
+            "charts": _charts(report),
             "cycles": earlier_cycles(account, EARLIER_CYCLES_SHOWN),
             "account": account,
             "alert_banner": alerts.banner_alerts(request.user, cycle_for(account)),
