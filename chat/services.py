@@ -133,6 +133,8 @@ def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
     extra = {"conversation_id": str(conversation.pk)} if conversation else {}
     if isinstance(exc, limits.UsageLimitReached) and exc.reason == "unverified":
         return ChatError("email_not_verified", str(exc), 403, **extra)
+    if isinstance(exc, limits.UsageLimitReached) and exc.reason == "blocked":
+        return ChatError("account_blocked", str(exc), 403, **extra)
     if isinstance(exc, limits.UsageLimitReached):
         return ChatError(
             "usage_limit_reached",

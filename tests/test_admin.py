@@ -177,3 +177,62 @@ def test_admin_times_are_in_the_billing_zone_and_say_so(staff_client, alice, set
     assert "2026-11-21 08:30:00" in listing
     page = staff_client.get(f"/admin/auth/user/{alice.pk}/change/").content.decode()
     assert f"When ({usage_admin.ZONE})" in page and "2026-11-21 08:30" in page
+
+
+def test_a_users_page_starts_with_the_limits_and_this_cycle(staff_client, alice):
+    page = staff_client.get(f"/admin/auth/user/{alice.pk}/change/").content.decode()
+    limits, cycle, password = (
+        page.index("Usage limits and billing"),
+        page.index("This cycle"),
+        page.index("Password"),
+    )
+    assert limits < cycle < password
+
+
+def test_support_actions_change_limits_and_are_logged(staff_client, alice, openai_mock):
+    from django.contrib.admin.models import LogEntry
+    from django.test import Client
+    from django.utils import timezone
+
+    changelist = "/admin/auth/user/"
+    selected = {"_selected_action": [str(alice.pk)], "index": "0"}
+    staff_client.post(changelist, {"action": "raise_budget", "amount": "2.50", **selected})
+    alice.usage_account.refresh_from_db()
+    assert alice.usage_account.budget_usd == Decimal("7.50")  # the default $5.00 + $2.50
+    staff_client.post(changelist, {"action": "reset_anchor", **selected})
+    alice.usage_account.refresh_from_db()
+    assert alice.usage_account.billing_anchor == timezone.localdate()
+    staff_client.post(changelist, {"action": "block", **selected})
+    client = Client()
+    client.force_login(alice)
+    refused = client.post("/api/chat/", {"prompt": "hi"}, content_type="application/json")
+    assert (refused.status_code, refused.json()["code"]) == (403, "account_blocked")
+    staff_client.post(changelist, {"action": "unblock", **selected})
+    ok = client.post("/api/chat/", {"prompt": "hi"}, content_type="application/json")
+    assert ok.status_code == 200
+    logged = [e.change_message for e in LogEntry.objects.filter(object_id=str(alice.pk))]
+    assert len(logged) == 4
+    assert any("Budget raised by $2.50 to $7.50" in m for m in logged)
+
+
+def test_the_generations_list_is_compact_formatted_and_titled_by_username(staff_client, alice):
+    generation = spend(alice, "gpt-4o-mini")
+    listing = staff_client.get("/admin/usage/generation/").content.decode()
+    assert "1,000 / 1,000" in listing  # tokens in / out
+    assert "0.0007500000" not in listing and "$0.0008" in listing
+    assert "chatusage/admin.css" in listing  # right-aligned numbers
+    detail = staff_client.get(f"/admin/usage/generation/{generation.pk}/change/").content.decode()
+    assert "gpt-4o-mini for alice (ok)" in detail
+
+
+def test_the_admin_index_sums_up_this_cycle(staff_client, alice, bob):
+    set_budget(bob, "0.01")
+    spend(alice, "gpt-4o", (1000, 0, 2000))  # $0.0225
+    spend(bob, "gpt-4o-mini", (1000, 0, 1000))  # $0.00075 …
+    from usage.models import DailyUsage
+
+    DailyUsage.objects.filter(user=bob).update(cost=Decimal("0.012"))  # … made 120%
+    page = staff_client.get("/admin/").content.decode()
+    assert 'id="cycle-summary"' in page and "Top spenders" in page
+    assert "1 at or over it" in page
+    assert page.index(">alice<") < page.index(">bob<")  # alice spent more

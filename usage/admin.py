@@ -2,8 +2,10 @@
 
 from decimal import Decimal
 
+from django import forms
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.validators import MinValueValidator
@@ -133,12 +135,35 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class UsageAccountInline(admin.StackedInline):
     model = UsageAccount
     can_delete = False
-    fields = ["billing_anchor", "budget_usd", "message_limit", "alert_thresholds", "email_verified"]
-    verbose_name_plural = "Usage limits and billing"
+    fields = [
+        "budget_usd",
+        "message_limit",
+        "blocked",
+        "billing_anchor",
+        "alert_thresholds",
+        "email_verified",
+    ]
+    verbose_name = verbose_name_plural = "Usage limits and billing"
+
+
+class BudgetActionForm(ActionForm):
+    amount = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0.01"),
+        max_digits=10,
+        decimal_places=2,
+        label="Amount (USD, for “raise budget by”)",
+    )
 
 
 class UserAdmin(DjangoUserAdmin):
+    """A support tool: this cycle's usage and the limits come first on a user's page (the
+    template puts the limits inline above the account's fields)."""
+
     inlines = [UsageAccountInline]
+    change_form_template = "admin/auth/user/usage_change_form.html"
+    action_form = BudgetActionForm
+    actions = ["reset_anchor", "raise_budget", "block", "unblock"]
     list_display = [
         "username",
         "email",
@@ -152,9 +177,61 @@ class UserAdmin(DjangoUserAdmin):
     search_fields = ["username", "email"]
     list_select_related = ["usage_account"]
     readonly_fields = ["current_cycle", "recent_generations", "posthog_person"]
-    fieldsets = DjangoUserAdmin.fieldsets + (
-        ("Usage", {"fields": ["current_cycle", "recent_generations", "posthog_person"]}),
+    fieldsets = (
+        ("This cycle", {"fields": ["current_cycle", "recent_generations", "posthog_person"]}),
+        *DjangoUserAdmin.fieldsets,
     )
+
+    def _accounts(self, queryset):
+        return UsageAccount.objects.filter(user__in=queryset.values("pk")).select_related("user")
+
+    @admin.action(description="Reset this cycle's budget anchor (a new cycle starts today)")
+    def reset_anchor(self, request, queryset):
+        today = timezone.localdate(timezone.now(), settings.USAGE_TIME_ZONE)
+        for account in self._accounts(queryset):
+            account.billing_anchor = today
+            account.save(update_fields=["billing_anchor"])
+            self.log_change(request, account.user, f"Billing anchor reset to {today:%-d %b %Y}.")
+        self.message_user(request, f"A new cycle starts today for {queryset.count()} user(s).")
+
+    @admin.action(description="Raise budget by the amount")
+    def raise_budget(self, request, queryset):
+        amount = request.POST.get("amount")  # BudgetActionForm's field beside the action
+        try:
+            amount = Decimal(amount)
+            if amount <= 0:
+                raise ValueError
+        except (TypeError, ValueError, ArithmeticError):
+            self.message_user(request, "Give a positive amount to raise by.", messages.ERROR)
+            return
+        for account in self._accounts(queryset):
+            before = account.effective_budget
+            account.budget_usd = before + amount
+            account.save(update_fields=["budget_usd"])
+            self.log_change(
+                request,
+                account.user,
+                f"Budget raised by {usd(amount, 2)} to {usd(account.budget_usd, 2)}.",
+            )
+        self.message_user(
+            request, f"Raised the budget of {queryset.count()} user(s) by {usd(amount, 2)}."
+        )
+
+    @admin.action(description="Set budget to 0 (block: every message is refused)")
+    def block(self, request, queryset):
+        for account in self._accounts(queryset):
+            account.blocked = True
+            account.save(update_fields=["blocked"])
+            self.log_change(request, account.user, "Blocked: chat paused.")
+        self.message_user(request, f"Blocked {queryset.count()} user(s).")
+
+    @admin.action(description="Unblock")
+    def unblock(self, request, queryset):
+        for account in self._accounts(queryset):
+            account.blocked = False
+            account.save(update_fields=["blocked"])
+            self.log_change(request, account.user, "Unblocked.")
+        self.message_user(request, f"Unblocked {queryset.count()} user(s).")
 
     def get_queryset(self, request):
         return with_cycle_usage(super().get_queryset(request))
@@ -163,11 +240,11 @@ class UserAdmin(DjangoUserAdmin):
     def joined(self, obj):
         return timezone.localdate(obj.date_joined, settings.USAGE_TIME_ZONE)
 
-    @admin.display(description="Messages", ordering="cycle_messages")
+    @admin.display(description="Messages this cycle", ordering="cycle_messages")
     def messages_this_cycle(self, obj):
         return obj.cycle_messages
 
-    @admin.display(description="Cost", ordering="cycle_cost")
+    @admin.display(description="Cost this cycle", ordering="cycle_cost")
     def cost_this_cycle(self, obj):
         return usd(obj.cycle_cost)
 
@@ -175,7 +252,7 @@ class UserAdmin(DjangoUserAdmin):
     def budget_display(self, obj):
         return usd(obj.budget, 2) if obj.budget else "no cap"
 
-    @admin.display(description="Used", ordering="budget_pct")
+    @admin.display(description="Used this cycle", ordering="budget_pct")
     def budget_used(self, obj):
         if obj.budget_pct is None:
             return "—"
@@ -257,14 +334,11 @@ class GenerationAdmin(ReadOnlyAdmin):
         "created",
         "user",
         "model",
-        "provider",
         "status",
-        "input_tokens",
-        "cached_input_tokens",
-        "output_tokens",
-        "cost",
+        "tokens",
+        "cost_display",
         "cost_estimated",
-        "latency_ms",
+        "latency",
     ]
     list_filter = ["status", "model", "provider", "cost_estimated"]
     search_fields = ["user__username", "user__email", "=id"]
@@ -279,6 +353,22 @@ class GenerationAdmin(ReadOnlyAdmin):
             "%Y-%m-%d %H:%M:%S"
         )
 
+    @admin.display(description="Tokens in (cached) / out")
+    def tokens(self, obj):
+        cached = f" ({obj.cached_input_tokens:,})" if obj.cached_input_tokens else ""
+        return f"{obj.input_tokens:,}{cached} / {obj.output_tokens:,}"
+
+    @admin.display(description="Cost", ordering="cost")
+    def cost_display(self, obj):
+        return usd(obj.cost)
+
+    @admin.display(description="Latency", ordering="latency_ms")
+    def latency(self, obj):
+        return f"{obj.latency_ms:,} ms" if obj.latency_ms is not None else "—"
+
+    class Media:
+        css = {"all": ["chatusage/admin.css"]}
+
     @admin.action(description="Export selected generations as CSV", permissions=["view"])
     def export_csv(self, request, queryset):
         generations = queryset.select_related("user").order_by("created_at")
@@ -286,8 +376,8 @@ class GenerationAdmin(ReadOnlyAdmin):
             csv_lines(generations.iterator(chunk_size=2000), settings.USAGE_TIME_ZONE, staff=True),
             content_type="text/csv; charset=utf-8",
         )
+        # The download is the answer: a message here would only show on the next page.
         response["Content-Disposition"] = 'attachment; filename="generations.csv"'
-        self.message_user(request, f"Exported {queryset.count()} generations.")
         return response
 
 

@@ -152,11 +152,13 @@ class UsageLimitReached(Exception):
     """The call's worst case would pass the user's budget or message limit."""
 
     def __init__(self, reason: str, spend: Spend, worst_case: Decimal):
-        self.reason = reason  # "budget", "messages" or "unverified"
+        self.reason = reason  # "budget", "messages", "unverified" or "blocked"
         self.spend = spend
         self.worst_case = worst_case
         resets = spend.cycle.end_date.isoformat()
-        if reason == "unverified":
+        if reason == "blocked":
+            message = "Chat is paused for this account. Please contact the site's staff."
+        elif reason == "unverified":
             message = (
                 "Confirm your email address to start chatting: open the link we sent you "
                 "(or ask for a new one on the chat page)."
@@ -333,7 +335,9 @@ def reserve(
             expire_stale_reservations(now, user=user)
             spend, _ = _spend(account, cycle)
         committed = spend.settled_cost + spend.pending_cost
-        if not account.email_verified:  # a sign-up not yet confirmed has no budget at all
+        if account.blocked:  # staff set the budget to nothing
+            refusal = UsageLimitReached("blocked", spend, worst_case)
+        elif not account.email_verified:  # a sign-up not yet confirmed has no budget at all
             refusal = UsageLimitReached("unverified", spend, worst_case)
         elif spend.budget and committed + worst_case > spend.budget:
             refusal = UsageLimitReached("budget", spend, worst_case)
@@ -344,7 +348,7 @@ def reserve(
         else:
             refusal = None
         if refusal is not None:
-            if refusal.reason != "unverified":
+            if refusal.reason in ("budget", "messages"):
                 # Committed with this transaction, so it is raised after the block.
                 alerts.after_refusal(account, cycle, spend.settled_cost)
             generation = None

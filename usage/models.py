@@ -73,6 +73,9 @@ class UsageAccount(models.Model):
         help_text="Percent of the budget, comma-separated (50,80). Empty: the default from "
         "settings (USAGE_ALERT_THRESHOLDS).",
     )
+    blocked = models.BooleanField(
+        default=False, help_text="Staff paused this account's chat: every message is refused."
+    )
     email_verified = models.BooleanField(
         default=True,
         help_text="A sign-up whose address is not yet confirmed has no budget (it cannot chat).",
@@ -157,7 +160,7 @@ class Generation(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.model} for {self.user_id} ({self.status})"
+        return f"{self.model} for {self.user.get_username()} ({self.status})"
 
     @property
     def total_tokens(self) -> int:
