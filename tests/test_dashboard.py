@@ -223,7 +223,10 @@ def test_the_dashboard_shows_the_cycle_budget_and_models(anchored, history):
     assert "gpt-4.1-nano" in page
     assert "Source: the ledger" in page
     # Every day of the 30-day cycle, wide and narrow: a bar so far, an empty slot after today.
-    assert page.count('class="bar"') + page.count('class="future"') == 2 * 30
+    assert page.count('class="day"') + page.count('class="future"') == 2 * 30
+    # Stacked by model: a day with two models draws two coloured parts; a legend names them.
+    assert 'id="chart-legend"' in page and "gpt-4.1-nano" in page
+    assert page.count('class="bar"') > page.count('class="day"')
     assert page.count('class="future"') > 0 and 'class="today"' in page
     assert "on pace for" in page and page.count("<tr><td>") >= 30  # the table alternative
     assert "resets" in page

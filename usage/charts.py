@@ -42,12 +42,23 @@ class Tick:
     label: str
 
 
+PALETTE = ["#0172ad", "#b26a00", "#2e7d32", "#8e24aa", "#c62828", "#00838f"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    y: float
+    height: float
+    colour: str
+
+
 @dataclass(frozen=True)
 class Bar:
     x: float
     y: float
     width: float
     height: float
+    segments: list[Segment]  # one a model, stacked, in the legend's colours
     label: str  # the day, under the axis
     tip: str  # shown on hover and keyboard focus
     show_label: bool
@@ -64,6 +75,7 @@ class Chart:
     baseline: float
     plot_left: int
     today_x: float | None
+    legend: list[tuple[str, str]]  # (model, colour), the most expensive first
 
 
 def _ticks(top: Decimal, step: Decimal, plot_h: float) -> list[Tick]:
@@ -74,9 +86,12 @@ def _ticks(top: Decimal, step: Decimal, plot_h: float) -> list[Tick]:
     ]
 
 
-def daily_cost_chart(daily, today: date | None, width: int) -> Chart:
+def daily_cost_chart(daily, today: date | None, width: int, by_model=None, models=()) -> Chart:
     """`daily` is the report's [(day, Totals)], one per day of the cycle; days after
-    `today` are drawn as empty slots."""
+    `today` are drawn as empty slots. With `by_model` (day -> {model: cost}) each bar is
+    stacked by model, coloured in the order of `models` (the report's, costliest first)."""
+    by_model = by_model or {}
+    colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
     peak = max((t.cost for _, t in daily), default=Decimal(0))
     step = nice_step(peak)
     top = step * max(1, math.ceil(peak / step)) if peak else step * 3
@@ -91,12 +106,20 @@ def daily_cost_chart(daily, today: date | None, width: int) -> Chart:
         x = PAD_LEFT + i * slot
         if day == today:
             today_x = round(x + slot / 2, 2)
+        segments, base = [], PAD_TOP + plot_h
+        for model in models:
+            cost = by_model.get(day, {}).get(model)
+            if cost:
+                part = float(cost / top) * plot_h
+                base -= part
+                segments.append(Segment(round(base, 2), round(part, 2), colours[model]))
         bars.append(
             Bar(
                 x=round(x + slot * 0.12, 2),
                 y=round(PAD_TOP + plot_h - h, 2),
                 width=round(slot * 0.76, 2),
                 height=round(h, 2),
+                segments=segments,
                 label=f"{day:%-d %b}",
                 tip=f"{day:%a %-d %b}: {money_label(totals.cost)}, {totals.messages} messages",
                 show_label=i % every == 0,
@@ -105,7 +128,14 @@ def daily_cost_chart(daily, today: date | None, width: int) -> Chart:
             )
         )
     return Chart(
-        width, HEIGHT, bars, _ticks(top, step, plot_h), HEIGHT - PAD_BOTTOM, PAD_LEFT, today_x
+        width,
+        HEIGHT,
+        bars,
+        _ticks(top, step, plot_h),
+        HEIGHT - PAD_BOTTOM,
+        PAD_LEFT,
+        today_x,
+        [(m, colours[m]) for m in models],
     )
 
 

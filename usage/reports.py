@@ -110,6 +110,7 @@ class UsageReport:
     cycle: Cycle
     totals: Totals
     daily: list[tuple[date, Totals]]  # every day of the cycle, zeros included
+    daily_models: dict  # day -> {model: cost}, for the chart's stacked bars
     models: list[tuple[str, Totals]]  # by cost, highest first
     spend: Spend  # from the ledger: budget, spent, reservations in flight
     source: str  # "posthog" or "ledger"
@@ -343,6 +344,7 @@ def build_report(
         cycle=cycle,
         totals=Totals.of(rows),
         daily=[(d, Totals.of(by_day.get(d, []))) for d in cycle.days],
+        daily_models={d: {r.model: r.cost for r in rs} for d, rs in by_day.items()},
         models=models,
         spend=spend,
         source=source,

@@ -54,7 +54,9 @@ def _charts(report) -> list[dict]:
     return [
         {
             "size": size,
-            "daily": daily_cost_chart(report.daily, today, width),
+            "daily": daily_cost_chart(
+                report.daily, today, width, report.daily_models, [m for m, _ in report.models]
+            ),
             "pace": pace_chart(report.daily, today, report.spend.budget, width),
         }
         for size, width in SIZES.items()

@@ -16,16 +16,18 @@ from tests.e2e.test_browser import (  # noqa: F401
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 AXE = Path(__file__).resolve().parent / "vendor" / "axe.min.js"
-RUN = """async () => {
-  const result = await axe.run(document, {runOnly: ["wcag2a", "wcag2aa", "wcag21aa"]});
+RUN = """async (include) => {
+  const context = include ? {include: include.map(s => [s])} : document;
+  const result = await axe.run(context, {runOnly: ["wcag2a", "wcag2aa", "wcag21aa"]});
   const where = v => v.nodes.slice(0, 3).map(n => n.target.join(" ")).join(", ");
   return result.violations.map(v => v.id + ": " + where(v));
 }"""
 
 
-def violations(page) -> list[str]:
+def violations(page, include: list[str] | None = None) -> list[str]:
+    """axe's WCAG 2 A/AA violations on the page, or only inside the `include` selectors."""
     page.add_script_tag(path=str(AXE))
-    return page.evaluate(RUN)
+    return page.evaluate(RUN, include)
 
 
 @pytest.fixture(params=["light", "dark"])
