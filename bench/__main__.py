@@ -56,15 +56,22 @@ def main():
         rows.append(
             (
                 "Tracking overhead per chat call (SQLite, demo transport)",
-                f"bare {t['bare_ms']} ms · tracked {t['tracked_ms']} ms · "
-                f"**+{t['overhead_ms']} ms**",
+                f"bare {t['bare_ms']} ms ({t['bare_min_ms']}–{t['bare_max_ms']}) · "
+                f"tracked {t['tracked_ms']} ms ({t['tracked_min_ms']}–{t['tracked_max_ms']}), "
+                f"n={t['tracked_n']} each · **+{t['overhead_ms']} ms**",
                 "≤ 2 ms",
             )
         )
     for db in ("sqlite", "postgres"):
         r = by.get(("ledger", db, None), {})
         if "reserve_settle_ms" in r:
-            rows.append((f"reserve + settle per call ({db})", f"{r['reserve_settle_ms']} ms", ""))
+            rows.append(
+                (
+                    f"reserve + settle per call ({db})",
+                    f"{r['reserve_settle_ms']} ms ({r['min_ms']}–{r['max_ms']}, n={r['n']})",
+                    "",
+                )
+            )
     d = by.get(("dashboard", "sqlite", None), {})
     if "ratio" in d:
         rows.append(
@@ -103,7 +110,7 @@ def main():
         f"\nBenchmarks, {date.today().isoformat()}, {os.cpu_count()} cores, {cpu()}, "
         f"Python {platform.python_version()}\n"
     )
-    print("| measure | median | target |")
+    print("| measure | median (min–max, n) | target |")
     print("|---|---|---|")
     for name, value, target in rows:
         print(f"| {name} | {value} | {target} |")

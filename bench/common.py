@@ -46,6 +46,15 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
+def spread_ms(samples: list[float], prefix: str = "") -> dict:
+    """min, max and n beside a median: how wide the runs were, and how many."""
+    return {
+        f"{prefix}min_ms": round(min(samples) * 1000, 3),
+        f"{prefix}max_ms": round(max(samples) * 1000, 3),
+        f"{prefix}n": len(samples),
+    }
+
+
 def timed(fn) -> float:
     started = time.perf_counter()
     fn()

@@ -3,7 +3,7 @@
 import sys
 import uuid
 
-from bench.common import emit, median_ms, setup_django, timed
+from bench.common import emit, median_ms, setup_django, spread_ms, timed
 
 CALLS = 500
 
@@ -36,7 +36,13 @@ def main(label="sqlite"):
         for _ in range(30):
             call()
         samples = [timed(call) for _ in range(CALLS)]
-        emit(bench="ledger", db=label, calls=CALLS, reserve_settle_ms=round(median_ms(samples), 3))
+        emit(
+            bench="ledger",
+            db=label,
+            calls=CALLS,
+            reserve_settle_ms=round(median_ms(samples), 3),
+            **spread_ms(samples),
+        )
     finally:
         if dbname:
             from django.db import connections

@@ -9,7 +9,7 @@ the chat view runs them. The difference is what tracking costs.
 import sys
 import time
 
-from bench.common import emit, median_ms, setup_django
+from bench.common import emit, median_ms, setup_django, spread_ms
 
 CALLS = 300
 
@@ -95,6 +95,8 @@ def main(database_url=None, label="sqlite"):
         bare_ms=round(bare_ms, 3),
         tracked_ms=round(tracked_ms, 3),
         overhead_ms=round(tracked_ms - bare_ms, 3),
+        **spread_ms(bare_samples, "bare_"),
+        **spread_ms(tracked_samples, "tracked_"),
         events_captured=len(sink.generations()),
     )
 
