@@ -382,9 +382,9 @@ class BudgetView:
         }
 
 
-def budget_view(user) -> BudgetView:
+def budget_view(user, account: UsageAccount | None = None) -> BudgetView:
     """The user's money this cycle, from the ledger (the same figures reserve() checks)."""
-    account = UsageAccount.objects.for_user(user)
+    account = account or UsageAccount.objects.for_user(user)
     cycle = cycle_for(account)
     spend = limits.spend_for(account, cycle)
     provider = llm.current_provider()

@@ -46,12 +46,12 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
     if search:
         listed = listed.filter(title__icontains=search)
     conversations = Paginator(listed, CONVERSATIONS_PER_PAGE).get_page(request.GET.get("page"))
-    messages = list(conversation.messages.all()) if conversation else []
+    shown = list(conversation.messages.all()) if conversation else []
     # Each answer's tokens and cost, from the ledger, in one query.
     generations = Generation.objects.in_bulk(
-        [m.generation_id for m in messages if m.role == Message.Role.ASSISTANT and m.generation_id]
+        [m.generation_id for m in shown if m.role == Message.Role.ASSISTANT and m.generation_id]
     )
-    for m in messages:
+    for m in shown:
         m.generation = (
             generations.get(m.generation_id) if m.role == Message.Role.ASSISTANT else None
         )
@@ -60,13 +60,13 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
         "chat/chat.html",
         {
             "account": account,
-            "budget": services.budget_view(request.user),
+            "budget": services.budget_view(request.user, account),
             "estimate": services.estimate_basis(conversation),
             "alert_banner": alerts.banner_alerts(request.user, cycle_for(account)),
             "conversation": conversation,
             "conversations": conversations,
             "search": search,
-            "chat_messages": messages,
+            "chat_messages": shown,
             "prompt": prompt,
             "error_message": error_message,
             "retryable": bool(error_message) and status >= 500,
