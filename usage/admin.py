@@ -217,21 +217,22 @@ class UserAdmin(DjangoUserAdmin):
             request, f"Raised the budget of {queryset.count()} user(s) by {usd(amount, 2)}."
         )
 
+    def _set_blocked(self, request, queryset, blocked: bool) -> None:
+        change = "Blocked: chat paused." if blocked else "Unblocked."
+        for account in self._accounts(queryset):
+            account.blocked = blocked
+            account.save(update_fields=["blocked"])
+            self.log_change(request, account.user, change)
+        done = "Blocked" if blocked else "Unblocked"
+        self.message_user(request, f"{done} {queryset.count()} user(s).")
+
     @admin.action(description="Set budget to 0 (block: every message is refused)")
     def block(self, request, queryset):
-        for account in self._accounts(queryset):
-            account.blocked = True
-            account.save(update_fields=["blocked"])
-            self.log_change(request, account.user, "Blocked: chat paused.")
-        self.message_user(request, f"Blocked {queryset.count()} user(s).")
+        self._set_blocked(request, queryset, True)
 
     @admin.action(description="Unblock")
     def unblock(self, request, queryset):
-        for account in self._accounts(queryset):
-            account.blocked = False
-            account.save(update_fields=["blocked"])
-            self.log_change(request, account.user, "Unblocked.")
-        self.message_user(request, f"Unblocked {queryset.count()} user(s).")
+        self._set_blocked(request, queryset, False)
 
     def get_queryset(self, request):
         return with_cycle_usage(super().get_queryset(request))

@@ -392,8 +392,9 @@ def settle(
     With `error` (or no usage) the call settles as an error at $0. A row that was
     marked abandoned meanwhile is still settled: the real figures win. One conditional
     UPDATE decides who settles, so a second settle of the same call changes nothing; the
-    daily rollup is updated in the same transaction. No account lock is needed: settling
-    only ever lowers what reserve() sees as committed.
+    daily rollup is updated in the same transaction. The budget needs no account lock here:
+    settling only ever lowers what reserve() sees as committed. Alerts do: when this call
+    can cross a threshold, the lock puts the user's settles in a row (usage/alerts.py).
     """
     now = timezone.now()
     fields = {

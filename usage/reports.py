@@ -284,12 +284,16 @@ def posthog_health() -> dict | None:
 def _posthog_or_ledger(user_id, cycle, refresh, is_current) -> tuple[list[Row], str, datetime, str]:
     """Rows, source, as-of time and a note for the reader."""
     now = timezone.now()
+
+    def from_ledger(note: str):
+        return ledger_rows(user_id, cycle), "ledger", now, note
+
     wanted = wanted_source()
     if wanted == "ledger":
-        return ledger_rows(user_id, cycle), "ledger", now, ""
+        return from_ledger("")
     if not hogql.is_configured():
         note = "PostHog is not configured: these numbers come from the ledger."
-        return ledger_rows(user_id, cycle), "ledger", now, note
+        return from_ledger(note)
     key = _cache_key(user_id, cycle)
     if not refresh:
         cached = shared_cache.get(key)
@@ -297,16 +301,16 @@ def _posthog_or_ledger(user_id, cycle, refresh, is_current) -> tuple[list[Row], 
             rows, as_of = cached
             return rows, "posthog", as_of, ""
         if shared_cache.get("usage-report:posthog-down"):
-            return ledger_rows(user_id, cycle), "ledger", now, LEDGER_NOTE
+            return from_ledger(LEDGER_NOTE)
     if ratelimit.wait_seconds(f"posthog-report:{user_id}", POSTHOG_QUERIES_PER_USER):
         note = "PostHog was asked often just now: these numbers come from the ledger."
-        return ledger_rows(user_id, cycle), "ledger", now, note
+        return from_ledger(note)
     # One query per (user, cycle) at a time; whoever comes meanwhile reads the ledger rather
     # than queueing behind it or asking PostHog again (without a cache, everyone asks).
     flight = f"{key}:in-flight"
     if not shared_cache.add(flight, 1, sum(settings.POSTHOG_QUERY_TIMEOUT), when_down=True):
         note = "PostHog is being asked for these numbers: for now they come from the ledger."
-        return ledger_rows(user_id, cycle), "ledger", now, note
+        return from_ledger(note)
     try:
         rows = posthog_rows(user_id, cycle, refresh=refresh)
     except hogql.PostHogError as exc:
@@ -314,7 +318,7 @@ def _posthog_or_ledger(user_id, cycle, refresh, is_current) -> tuple[list[Row], 
         if isinstance(exc, hogql.PostHogUnavailable):
             down_for = exc.retry_after or POSTHOG_DOWN_SECONDS
             shared_cache.set("usage-report:posthog-down", 1, down_for)
-        return ledger_rows(user_id, cycle), "ledger", now, LEDGER_NOTE
+        return from_ledger(LEDGER_NOTE)
     finally:
         shared_cache.delete(flight)
     _record_health(None)
