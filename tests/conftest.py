@@ -137,6 +137,18 @@ def set_budget(user, budget, message_limit=None):
     account.save()
 
 
+def settled_today(user, amount, model="gpt-4o-mini"):
+    """Settled spend today, as the daily rollups record it."""
+    from django.utils import timezone
+
+    from usage.cycles import local_day
+    from usage.models import DailyUsage
+
+    DailyUsage.objects.create(
+        user=user, day=local_day(timezone.now()), model=model, generations=1, cost=Decimal(amount)
+    )
+
+
 def hold_budget(user, amount, model="gpt-4o-mini"):
     """A call in flight: a pending ledger row holding `amount` of the user's budget."""
     from usage.models import Generation

@@ -6,9 +6,8 @@ import re
 from decimal import Decimal
 
 import pytest
-from django.utils import timezone
 
-from tests.conftest import hold_budget, set_budget
+from tests.conftest import hold_budget, set_budget, settled_today
 from tests.test_chat import OPENAI_COMPLETION, post
 from usage import limits
 from usage.models import Generation
@@ -45,20 +44,9 @@ def test_the_budget_line_says_what_is_left_and_when_it_resets(alice_client, alic
     assert line.group(2).startswith("$0.75 left of $1.00 · resets ")
 
 
-def spent(user, amount):
-    """Settled spend today, as the rollups record it."""
-    from usage.cycles import local_day
-    from usage.models import DailyUsage
-
-    DailyUsage.objects.create(
-        user=user, day=local_day(timezone.now()), model="gpt-4o-mini", generations=1,
-        cost=Decimal(amount),
-    )  # fmt: skip
-
-
 def test_from_80_percent_the_line_turns_amber(alice_client, alice):
     set_budget(alice, "1.00")
-    spent(alice, "0.82")
+    settled_today(alice, "0.82")
     assert 'class="budget-line budget-near small"' in alice_client.get("/chat/").content.decode()
 
 

@@ -10,7 +10,6 @@ from zoneinfo import ZoneInfo
 import pytest
 import responses
 from django.test import Client
-from django.utils import timezone
 
 from usage import reports
 from usage.cycles import Cycle, cycle_for, local_day
@@ -381,19 +380,6 @@ def test_only_one_request_per_user_and_cycle_asks_posthog_at_a_time(
 # --- The budget card and the dates ---------------------------------------------
 
 
-def _settled(user, amount):
-    from usage.cycles import local_day
-    from usage.models import DailyUsage
-
-    DailyUsage.objects.create(
-        user=user,
-        day=local_day(timezone.now()),
-        model="gpt-4o-mini",
-        generations=1,
-        cost=Decimal(amount),
-    )
-
-
 @pytest.mark.parametrize(
     ("budget", "spent", "state", "text"),
     [
@@ -406,11 +392,11 @@ def _settled(user, amount):
     ],
 )
 def test_the_budget_card_says_spent_of_budget_in_its_state(alice, budget, spent, state, text):
-    from tests.conftest import set_budget
+    from tests.conftest import set_budget, settled_today
 
     set_budget(alice, budget)
     if spent != "0":
-        _settled(alice, spent)
+        settled_today(alice, spent)
     client = Client()
     client.force_login(alice)
     page = client.get("/usage/").content.decode()

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
+from typing import NamedTuple
 
 HEIGHT = 220
 PAD_LEFT = 72  # room for "$0.00006" at the axis
@@ -78,6 +79,26 @@ class Chart:
     legend: list[tuple[str, str]]  # (model, colour), the most expensive first
 
 
+class _Frame(NamedTuple):
+    """What both charts share: a round top value and its step, the plot's size, the
+    width of one day, and how many days apart labels stand."""
+
+    top: Decimal
+    step: Decimal
+    plot_h: float
+    slot: float
+    every: int
+
+
+def _frame(peak: Decimal, width: int, days: int) -> _Frame:
+    step = nice_step(peak)
+    top = step * max(1, math.ceil(peak / step)) if peak else step * 3
+    slot = (width - PAD_LEFT - PAD_RIGHT) / max(days, 1)
+    # Labels at least ~44 user units apart: every day wide, fewer when narrow.
+    every = max(1, math.ceil(44 / slot))
+    return _Frame(top, step, HEIGHT - PAD_BOTTOM - PAD_TOP, slot, every)
+
+
 def _ticks(top: Decimal, step: Decimal, plot_h: float) -> list[Tick]:
     count = int(top / step)
     return [
@@ -93,13 +114,7 @@ def daily_cost_chart(daily, today: date | None, width: int, by_model=None, model
     by_model = by_model or {}
     colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
     peak = max((t.cost for _, t in daily), default=Decimal(0))
-    step = nice_step(peak)
-    top = step * max(1, math.ceil(peak / step)) if peak else step * 3
-    plot_w = width - PAD_LEFT - PAD_RIGHT
-    plot_h = HEIGHT - PAD_BOTTOM - PAD_TOP
-    slot = plot_w / max(len(daily), 1)
-    # Labels at least ~44 user units apart: every day wide, fewer when narrow.
-    every = max(1, math.ceil(44 / slot))
+    top, step, plot_h, slot, every = _frame(peak, width, len(daily))
     bars, today_x = [], None
     for i, (day, totals) in enumerate(daily):
         h = float(totals.cost / top) * plot_h if totals.cost else 0.0
@@ -167,11 +182,7 @@ def pace_chart(daily, today: date | None, budget: Decimal, width: int) -> Pace:
         running.append(total)
     projected = (total / elapsed * len(days)).quantize(Decimal("0.000001"))
     top_value = max(projected, budget or Decimal(0), total)
-    step = nice_step(top_value)
-    top = step * max(1, math.ceil(top_value / step)) if top_value else step * 3
-    plot_w = width - PAD_LEFT - PAD_RIGHT
-    plot_h = HEIGHT - PAD_BOTTOM - PAD_TOP
-    slot = plot_w / max(len(days), 1)
+    top, step, plot_h, slot, every = _frame(top_value, width, len(days))
 
     def xy(i, value):
         return round(PAD_LEFT + (i + 0.5) * slot, 2), round(
@@ -181,7 +192,6 @@ def pace_chart(daily, today: date | None, budget: Decimal, width: int) -> Pace:
     points = " ".join(f"{x},{y}" for x, y in (xy(i, v) for i, v in enumerate(running)))
     fx, fy = xy(elapsed - 1, total)
     ex, ey = xy(len(days) - 1, projected)
-    every = max(1, math.ceil(44 / slot))
     labels = [(xy(i, 0)[0], f"{d:%-d %b}") for i, d in enumerate(days) if i % every == 0]
     return Pace(
         width=width,
