@@ -238,3 +238,15 @@ def test_staff_can_see_and_resend_alerts(alice, cent_model, staff_client, mailou
     )
     assert "Sent 1 alert(s) again" in response.content.decode()
     assert len(mailoutbox) == 2
+
+
+def test_a_malformed_per_user_threshold_is_refused_in_admin(alice, staff_client):
+    from django.core.exceptions import ValidationError
+
+    account = alice.usage_account
+    account.alert_thresholds = "50, eighty"
+    with pytest.raises(ValidationError):
+        account.full_clean()
+    account.alert_thresholds = " 50, 80.5 "
+    account.full_clean()
+    assert alerts.thresholds_for(account) == [Decimal(50), Decimal("80.5")]

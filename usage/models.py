@@ -4,6 +4,7 @@ import uuid
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -70,6 +71,13 @@ class UsageAccount(models.Model):
     alert_thresholds = models.CharField(
         max_length=100,
         blank=True,
+        # settle() reads this on the chat path: a malformed value must never get stored.
+        validators=[
+            RegexValidator(
+                r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$",
+                "Percentages separated by commas, such as 50,80.",
+            )
+        ],
         help_text="Percent of the budget, comma-separated (50,80). Empty: the default from "
         "settings (USAGE_ALERT_THRESHOLDS).",
     )
