@@ -1,15 +1,15 @@
 import threading
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from tests.conftest import set_budget
 from usage import limits
 from usage.limits import TokenUsage, UsageLimitReached, reserve, settle
-from usage.models import DailyUsage, Generation, ModelPrice
+from usage.models import DailyUsage, Generation, ModelPrice, UsageAccount
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
 
@@ -207,3 +207,43 @@ def test_concurrent_reservations_never_overshoot_the_budget(django_user_model, d
     assert spend.settled_cost == Decimal(k)
     assert spend.settled_cost <= user.usage_account.effective_budget
     assert Generation.objects.filter(user=user, status="pending").count() == 0
+
+
+def test_the_spend_read_covers_a_whole_31_day_cycle_and_nothing_before_it(alice):
+    """reserve() reads the days before it knows the cycle: the longest cycle must fit."""
+    set_budget(alice, "10.00")
+    UsageAccount.objects.filter(user=alice).update(billing_anchor=date(2025, 1, 1))
+    for day, cost in [(date(2025, 12, 31), "5"), (date(2026, 1, 1), "1"), (date(2026, 1, 31), "2")]:
+        DailyUsage.objects.create(user=alice, day=day, model="m", generations=1, cost=cost)
+    end_of_january = datetime(2026, 1, 31, 23, 0, tzinfo=UTC)
+    with transaction.atomic():
+        account, spend = limits._locked_spend(alice.pk, end_of_january)
+    assert (spend.cycle.start_date, spend.cycle.end_date) == (date(2026, 1, 1), date(2026, 2, 1))
+    assert (spend.settled_cost, spend.settled_messages) == (Decimal(3), 2)
+    assert account.effective_budget == Decimal("10.00")
+
+
+def test_a_user_without_a_usage_account_gets_one_on_the_first_message(alice):
+    UsageAccount.objects.filter(user=alice).delete()
+    reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 50)
+    settle(reservation, TokenUsage(10, 0, 5))
+    assert UsageAccount.objects.get(user=alice).billing_anchor == alice.date_joined.date()
+    assert Generation.objects.get(pk=reservation.generation_id).status == "ok"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_statement_rolls_the_reservation_back_and_the_connection_stays_usable(
+    alice, monkeypatch
+):
+    """A batch that fails half way (here: the insert) leaves nothing behind."""
+    from usage import sql
+
+    monkeypatch.setattr(sql, "INSERT_SQL", sql.INSERT_SQL.replace(sql.GENERATION, "no_such"))
+    with pytest.raises(Exception, match="no_such"):
+        reserve(alice, "gpt-4o-mini", MESSAGES, 50)
+    monkeypatch.undo()
+    assert not connection.in_atomic_block
+    reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 50)
+    assert Generation.objects.filter(user=alice).count() == 1
+    settle(reservation, TokenUsage(10, 0, 5))
+    assert DailyUsage.objects.get(user=alice).generations == 1

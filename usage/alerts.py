@@ -33,7 +33,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from usage.cycles import Cycle
-from usage.models import Alert, DailyUsage, UsageAccount
+from usage.models import Alert, UsageAccount
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +58,6 @@ def watches(account: UsageAccount) -> bool:
     """Whether settling a call of this account can raise an alert (so settle must look)."""
     capped = bool(account.effective_budget) and bool(thresholds_for(account))
     return capped or settings.USAGE_STAFF_ALERT_USD is not None
-
-
-SETTLED_SQL = """
-SELECT COALESCE(SUM(cost), 0) FROM {table}
-WHERE user_id = %s AND day >= %s AND day < %s
-"""
-
-
-def settled_spend(user_id: int, cycle: Cycle) -> Decimal:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            SETTLED_SQL.format(table=DailyUsage._meta.db_table),
-            [user_id, cycle.start_date, cycle.end_date],
-        )
-        return Decimal(str(cursor.fetchone()[0]))
 
 
 # Insert unless (user, cycle, kind, threshold) has one already; RETURNING says whether this
@@ -111,10 +96,10 @@ def _record(account, cycle, kind, threshold, spent, budget) -> None:
         transaction.on_commit(lambda: dispatch(row[0]))
 
 
-def after_settle(account: UsageAccount, cycle: Cycle, added: Decimal) -> None:
-    """Record the thresholds this settle crossed. Call inside the settle's transaction,
-    with the account row locked, after the rollup took `added`."""
-    spent = settled_spend(account.user_id, cycle)
+def after_settle(account: UsageAccount, cycle: Cycle, spent: Decimal, added: Decimal) -> None:
+    """Record the thresholds this settle crossed: `spent` is the cycle's settled spend read
+    after the rollup took `added`. Call inside the settle's transaction, with the account
+    row locked."""
     before = spent - added
     budget = account.effective_budget
     if budget:

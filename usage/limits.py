@@ -12,19 +12,19 @@ A pending reservation is held until the call's deadline and a margin have passed
 
 import logging
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
-from usage import alerts
+from usage import alerts, sql
 from usage.cycles import Cycle, cycle_for, local_day
-from usage.models import DailyUsage, Generation, UsageAccount
+from usage.models import Generation, UsageAccount
 from usage.pricing import COST_QUANTUM, Price, price_for
 
 log = logging.getLogger(__name__)
@@ -230,13 +230,13 @@ def stale_before(now: datetime) -> datetime:
     return now - timedelta(seconds=settings.OPENAI_DEADLINE + settings.RESERVATION_MARGIN_SECONDS)
 
 
-def expire_stale_reservations(now: datetime | None = None, user=None) -> int:
+def expire_stale_reservations(now: datetime | None = None, user_id: int | None = None) -> int:
     now = now or timezone.now()
     stale = Generation.objects.filter(
         status=Generation.Status.PENDING, created_at__lt=stale_before(now)
     )
-    if user is not None:
-        stale = stale.filter(user=user)
+    if user_id is not None:
+        stale = stale.filter(user_id=user_id)
     return stale.update(
         status=Generation.Status.ABANDONED,
         settled_at=now,
@@ -244,70 +244,68 @@ def expire_stale_reservations(now: datetime | None = None, user=None) -> int:
     )
 
 
-def _locked_account(user_id: int) -> UsageAccount:
-    """Lock the user's account row for the rest of the transaction (create it if missing)."""
-    try:
-        return UsageAccount.objects.select_for_update().get(user_id=user_id)
-    except UsageAccount.DoesNotExist:
-        from django.contrib.auth import get_user_model
-
-        UsageAccount.objects.for_user(get_user_model().objects.get(pk=user_id))
-        return UsageAccount.objects.select_for_update().get(user_id=user_id)
-
-
-# The one read on every message's hot path, as plain SQL: built with the ORM (five
-# subqueries) it cost ~2 ms of query compilation per call, more than the rest of reserve().
-# One statement, so settled and pending figures come from one snapshot: two separate reads
-# could see a settle commit in between and undercount the spend.
-SPEND_SQL = """
-SELECT
-    (SELECT COALESCE(SUM(d.cost), 0) FROM {daily} d
-      WHERE d.user_id = %(user)s AND d.day >= %(start)s AND d.day < %(end)s),
-    (SELECT COALESCE(SUM(d.generations), 0) FROM {daily} d
-      WHERE d.user_id = %(user)s AND d.day >= %(start)s AND d.day < %(end)s),
-    (SELECT COALESCE(SUM(g.reserved_cost), 0) FROM {generation} g
-      WHERE g.user_id = %(user)s AND g.status = %(pending)s),
-    (SELECT COUNT(*) FROM {generation} g
-      WHERE g.user_id = %(user)s AND g.status = %(pending)s),
-    (SELECT MIN(g.created_at) FROM {generation} g
-      WHERE g.user_id = %(user)s AND g.status = %(pending)s)
-"""
-
-
 def _money(value) -> Decimal:
     # SQLite keeps decimals as REAL; PostgreSQL answers exact numerics.
     return Decimal(str(value)).quantize(COST_QUANTUM)
 
 
-def _spend(account: UsageAccount, cycle: Cycle, include_pending: bool = True):
-    """(Spend, oldest pending reservation's creation time or None)."""
-    sql = SPEND_SQL.format(daily=DailyUsage._meta.db_table, generation=Generation._meta.db_table)
-    params = {
-        "user": account.user_id,
-        "start": cycle.start_date,
-        "end": cycle.end_date,
-        "pending": Generation.Status.PENDING.value,
-    }
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        settled_cost, settled_messages, pending_cost, pending_messages, oldest = cursor.fetchone()
-    if isinstance(oldest, str):  # SQLite returns its text form
-        oldest = parse_datetime(oldest).replace(tzinfo=UTC)
+def _cycle_spend(rows, account: UsageAccount, cycle: Cycle, include_pending: bool = True):
+    """Sum usage.sql.SPEND_SQL's rows over a cycle: (Spend, calls past their deadline)."""
+    settled_cost, settled_messages = Decimal(0), 0
+    pending_cost, pending_messages, stale = Decimal(0), 0, 0
+    for day, cost, count, past_deadline in rows:
+        if day is None:  # the calls in flight
+            pending_cost, pending_messages, stale = Decimal(str(cost)), count, past_deadline
+            continue
+        if isinstance(day, str):  # SQLite answers text
+            day = date.fromisoformat(day)
+        if cycle.start_date <= day < cycle.end_date:
+            settled_cost += Decimal(str(cost))
+            settled_messages += int(count)
     spend = Spend(
         cycle=cycle,
         settled_cost=_money(settled_cost),
-        settled_messages=int(settled_messages),
+        settled_messages=settled_messages,
         pending_cost=_money(pending_cost) if include_pending else Decimal(0),
         pending_messages=int(pending_messages) if include_pending else 0,
         budget=account.effective_budget,
         message_limit=account.effective_message_limit,
     )
-    return spend, oldest
+    return spend, int(stale)
 
 
 def spend_for(account: UsageAccount, cycle: Cycle, include_pending: bool = True) -> Spend:
     """Settled spend of the cycle (from the rollups) and the reservations in flight."""
-    return _spend(account, cycle, include_pending)[0]
+    now = timezone.now()
+    (rows,) = sql.batch(sql.spend(account.user_id, cycle.start_date, stale_before(now)))
+    return _cycle_spend(rows, account, cycle, include_pending)[0]
+
+
+# A billing cycle is a month at most and contains today: it starts no earlier than this.
+LONGEST_CYCLE = timedelta(days=31)
+
+
+def _locked_spend(user_id: int, now: datetime) -> tuple[UsageAccount, Spend]:
+    """Lock the user's account and read where they stand: one round trip on PostgreSQL.
+
+    The spend is read after the lock is held (its own statement, its own snapshot), so it
+    sees every reservation and settle committed before ours. Call inside a transaction.
+    """
+    account_rows, spend_rows = sql.batch(
+        sql.lock_account(user_id),
+        sql.spend(user_id, local_day(now) - LONGEST_CYCLE, stale_before(now)),
+    )
+    if not account_rows:  # made with the user; one made before accounts existed gets it now
+        from django.contrib.auth import get_user_model
+
+        UsageAccount.objects.for_user(get_user_model().objects.get(pk=user_id))
+        return _locked_spend(user_id, now)
+    account = sql.account_from(user_id, account_rows[0])
+    spend, stale = _cycle_spend(spend_rows, account, cycle_for(account, now))
+    if stale:  # calls that can no longer be running still hold budget: release it, read again
+        expire_stale_reservations(now, user_id=user_id)
+        return _locked_spend(user_id, now)
+    return account, spend
 
 
 def reserve(
@@ -320,54 +318,39 @@ def reserve(
 ) -> Reservation:
     """Hold the call's worst-case cost, or raise UsageLimitReached (or UnknownModelError).
 
-    Three statements: lock the account, read the spend, insert the reservation. The read
-    comes after the lock, so it sees every reservation committed before ours.
+    One transaction: lock the account and read the spend (one round trip on PostgreSQL),
+    apply the rules (refusal()), insert the reservation.
     """
     price = price_for(model)
     input_bound = worst_case_input_tokens(messages)
     worst_case = price.cost(input_bound, 0, max_tokens)
     now = timezone.now()
+    generation_id = uuid4()
     with transaction.atomic():
-        account = _locked_account(user.pk)
-        cycle = cycle_for(account, now)
-        spend, oldest_pending = _spend(account, cycle)
-        if oldest_pending is not None and oldest_pending < stale_before(now):
-            expire_stale_reservations(now, user=user)
-            spend, _ = _spend(account, cycle)
-        committed = spend.settled_cost + spend.pending_cost
-        if account.blocked:  # staff set the budget to nothing
-            refusal = UsageLimitReached("blocked", spend, worst_case)
-        elif not account.email_verified:  # a sign-up not yet confirmed has no budget at all
-            refusal = UsageLimitReached("unverified", spend, worst_case)
-        elif spend.budget and committed + worst_case > spend.budget:
-            refusal = UsageLimitReached("budget", spend, worst_case)
-        elif spend.message_limit and (
-            spend.settled_messages + spend.pending_messages >= spend.message_limit
-        ):
-            refusal = UsageLimitReached("messages", spend, worst_case)
-        else:
-            refusal = None
-        if refusal is not None:
-            if refusal.reason in ("budget", "messages"):
-                # Committed with this transaction, so it is raised after the block.
-                alerts.after_refusal(account, cycle, spend.settled_cost)
-            generation = None
-        else:
-            generation = Generation.objects.create(
-                user_id=user.pk,
-                conversation_id=conversation_id,
-                model=model,
-                provider=provider,
-                reserved_cost=worst_case,
-                price_input_per_1m=price.input_per_1m,
-                price_cached_input_per_1m=price.cached_input_per_1m,
-                price_output_per_1m=price.output_per_1m,
-                created_at=now,
+        account, spend = _locked_spend(user.pk, now)
+        refused = refusal(account, spend, worst_case)
+        if refused is None:
+            sql.batch(
+                sql.insert_reservation(
+                    id=generation_id,
+                    user_id=user.pk,
+                    conversation_id=conversation_id,
+                    model=model,
+                    provider=provider,
+                    reserved_cost=worst_case,
+                    price_input_per_1m=price.input_per_1m,
+                    price_cached_input_per_1m=price.cached_input_per_1m,
+                    price_output_per_1m=price.output_per_1m,
+                    created_at=now,
+                )
             )
-    if refusal is not None:
-        raise refusal
+        elif refused.reason in ("budget", "messages"):
+            # Committed with this transaction, so it is raised after the block.
+            alerts.after_refusal(account, spend.cycle, spend.settled_cost)
+    if refused is not None:
+        raise refused
     return Reservation(
-        generation_id=generation.pk,
+        generation_id=generation_id,
         user_id=user.pk,
         model=model,
         provider=provider,
@@ -377,6 +360,26 @@ def reserve(
         max_tokens=max_tokens,
         alerting=alerts.watches(account),
     )
+
+
+def refusal(account: UsageAccount, spend: Spend, worst_case: Decimal) -> UsageLimitReached | None:
+    """The budget rules: why this call may not start, or None if it may.
+
+    `spend` counts the calls in flight at their worst case, so concurrent calls can never
+    together pass the budget or the message limit.
+    """
+    if account.blocked:  # staff set the budget to nothing
+        return UsageLimitReached("blocked", spend, worst_case)
+    if not account.email_verified:  # a sign-up not yet confirmed has no budget at all
+        return UsageLimitReached("unverified", spend, worst_case)
+    committed = spend.settled_cost + spend.pending_cost
+    if spend.budget and committed + worst_case > spend.budget:
+        return UsageLimitReached("budget", spend, worst_case)
+    if spend.message_limit and (
+        spend.settled_messages + spend.pending_messages >= spend.message_limit
+    ):
+        return UsageLimitReached("messages", spend, worst_case)
+    return None
 
 
 def settle(
@@ -444,60 +447,32 @@ def settle(
             "cost": cost,
         }
     watch = reservation.alerting and fields["cost"] > 0
-    with transaction.atomic():
+    user_id = reservation.user_id
+    statements = sql.settle(
+        reservation.generation_id, user_id, reservation.model, local_day(now), fields
+    )
+    if watch:
         # Alerts need this user's settles in a row: the lock makes each one read the spend
         # every earlier settle committed, so exactly one of them crosses each threshold.
-        account = _locked_account(reservation.user_id) if watch else None
-        won = Generation.objects.filter(
-            pk=reservation.generation_id,
-            status__in=[Generation.Status.PENDING, Generation.Status.ABANDONED],
-        ).update(**fields)
-        if not won:
-            return Settlement.of(Generation.objects.get(pk=reservation.generation_id))
-        settlement = Settlement(
-            generation_id=reservation.generation_id,
-            user_id=reservation.user_id,
-            model=reservation.model,
-            **fields,
-        )
-        _add_to_rollup(settlement, local_day(now))
-        if account is not None:
-            alerts.after_settle(account, cycle_for(account, now), settlement.cost)
-    return settlement
-
-
-# One statement, the same on SQLite and PostgreSQL: insert the day's row or add to it.
-# Race-free without a lock (the unique constraint arbitrates) and about half the time of
-# the ORM's UPDATE-then-INSERT on this per-message path.
-ROLLUP_SQL = """
-INSERT INTO {table} AS d (user_id, day, model, generations, errors, input_tokens,
-                          cached_input_tokens, output_tokens, cost)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (user_id, day, model) DO UPDATE SET
-    generations = d.generations + excluded.generations,
-    errors = d.errors + excluded.errors,
-    input_tokens = d.input_tokens + excluded.input_tokens,
-    cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
-    output_tokens = d.output_tokens + excluded.output_tokens,
-    cost = d.cost + excluded.cost
-"""
-
-
-def _add_to_rollup(generation: Settlement, day) -> None:
-    """Add a settled call to its (user, day, model) row of DailyUsage."""
-    ok = generation.status == Generation.Status.OK
-    with connection.cursor() as cursor:
-        cursor.execute(
-            ROLLUP_SQL.format(table=DailyUsage._meta.db_table),
-            [
-                generation.user_id,
-                day,
-                generation.model,
-                int(ok),
-                int(not ok),
-                generation.input_tokens,
-                generation.cached_input_tokens,
-                generation.output_tokens,
-                connection.ops.adapt_decimalfield_value(generation.cost, 20, 10),
-            ],
-        )
+        # Lock, settle and read go out together: one round trip, then the commit.
+        with transaction.atomic():
+            account_rows, *settled, spend_rows = sql.batch(
+                sql.lock_account(user_id),
+                *statements,
+                sql.spend(user_id, local_day(now) - LONGEST_CYCLE, stale_before(now)),
+            )
+            won = bool(settled[-1])
+            if won and account_rows:
+                account = sql.account_from(user_id, account_rows[0])
+                spend, _ = _cycle_spend(spend_rows, account, cycle_for(account, now))
+                alerts.after_settle(account, spend.cycle, spend.settled_cost, fields["cost"])
+    else:
+        # PostgreSQL settles in one statement; SQLite's two need a transaction.
+        with nullcontext() if sql.postgres() else transaction.atomic():
+            *_, settled = sql.batch(*statements)
+        won = bool(settled)
+    if not won:  # settled before (a retry, or expiry raced us): report what the row holds
+        return Settlement.of(Generation.objects.get(pk=reservation.generation_id))
+    return Settlement(
+        generation_id=reservation.generation_id, user_id=user_id, model=reservation.model, **fields
+    )

@@ -1,0 +1,245 @@
+"""The ledger's per-message statements, and batch() to send several in one round trip.
+
+reserve() and settle() (usage/limits.py) run on every chat message. Built with the ORM they
+took nine round trips and more time compiling queries than PostgreSQL took answering them.
+Here each is plain SQL, the same text on SQLite and PostgreSQL where both allow it, and
+batch() sends a transaction's statements together: on PostgreSQL in pipeline mode, one
+round trip for all of them. The server still runs them one after another and, under READ
+COMMITTED, gives each its own snapshot: a read queued after a `FOR UPDATE` sees everything
+the transactions it waited for committed, exactly as if it had been sent alone.
+
+Only table and column names from the models are written into the SQL text; every value
+is a parameter.
+"""
+# ruff: noqa: S608 (see above: no value is ever formatted into a statement)
+
+from datetime import date, datetime
+from decimal import Decimal
+from uuid import UUID
+
+from django.db import connection
+
+from usage.models import DailyUsage, Generation, UsageAccount
+
+GENERATION = Generation._meta.db_table
+DAILY = DailyUsage._meta.db_table
+ACCOUNT = UsageAccount._meta.db_table
+PENDING = Generation.Status.PENDING.value
+
+
+def postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def params(values: dict | list) -> dict | list:
+    """Values as the database stores them. psycopg adapts Python types itself; SQLite keeps
+    Django's text forms (UUIDs as hex, datetimes as naive UTC, decimals as numbers)."""
+    if postgres():
+        return values
+    if isinstance(values, dict):
+        return {key: _sqlite_value(value) for key, value in values.items()}
+    return [_sqlite_value(value) for value in values]
+
+
+def _sqlite_value(value):
+    if isinstance(value, UUID):
+        return value.hex
+    if isinstance(value, datetime):
+        return connection.ops.adapt_datetimefield_value(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return connection.ops.adapt_decimalfield_value(value, 20, 10)
+    return value
+
+
+def batch(*statements: tuple[str, dict | list]) -> list[list[tuple] | None]:
+    """Run (sql, params) statements in order: each one's rows, or None if it returns none.
+
+    Inside a transaction they run in it (PostgreSQL's BEGIN goes out in the same batch).
+    An error in any statement raises, and the ones after it do not run.
+    """
+    if not postgres():
+        results = []
+        with connection.cursor() as cursor:
+            for sql, params in statements:
+                cursor.execute(sql, params)
+                results.append(cursor.fetchall() if cursor.description else None)
+        return results
+    connection.ensure_connection()
+    raw = connection.connection
+    cursors = []
+    # Server-side binding: psycopg prepares a statement once it has run a few times.
+    with raw.pipeline():
+        for sql, params in statements:
+            cursor = raw.cursor()
+            cursor.execute(sql, params)
+            cursors.append(cursor)
+    return [cursor.fetchall() if cursor.description else None for cursor in cursors]
+
+
+# --- reserve() ---------------------------------------------------------------------
+
+ACCOUNT_FIELDS = [
+    "id",
+    "billing_anchor",
+    "budget_usd",
+    "message_limit",
+    "alert_thresholds",
+    "blocked",
+    "email_verified",
+]
+
+
+def lock_account(user_id: int) -> tuple[str, list]:
+    """The user's account row, locked until the transaction ends. SQLite has no row locks:
+    its transactions are IMMEDIATE (settings.py), so the whole database is held instead."""
+    lock = " FOR UPDATE" if postgres() else ""
+    sql = f"SELECT {', '.join(ACCOUNT_FIELDS)} FROM {ACCOUNT} WHERE user_id = %s{lock}"
+    return sql, [user_id]
+
+
+def account_from(user_id: int, row: tuple) -> UsageAccount:
+    values = dict(zip(ACCOUNT_FIELDS, row, strict=True))
+    if isinstance(values["billing_anchor"], str):  # SQLite answers text and numbers
+        values["billing_anchor"] = date.fromisoformat(values["billing_anchor"])
+    if values["budget_usd"] is not None:
+        values["budget_usd"] = Decimal(str(values["budget_usd"])).quantize(Decimal("0.01"))
+    values["blocked"] = bool(values["blocked"])
+    values["email_verified"] = bool(values["email_verified"])
+    return UsageAccount(user_id=user_id, **values)
+
+
+# Settled spend per local day since `since`, then one row (day NULL) for the calls in flight:
+# their worst cases, how many, and how many are older than the deadline allows. Per day, so
+# the read can go out before the account (and so its billing cycle) is known: the caller
+# sums the days of the cycle. Settled and pending come from one statement, one snapshot:
+# two reads could see a settle commit in between and count that call twice or not at all.
+SPEND_SQL = f"""
+SELECT d.day, SUM(d.cost), SUM(d.generations), 0
+  FROM {DAILY} d
+ WHERE d.user_id = %(user)s AND d.day >= %(since)s
+ GROUP BY d.day
+UNION ALL
+SELECT NULL, COALESCE(SUM(g.reserved_cost), 0), COUNT(*),
+       COALESCE(SUM(CASE WHEN g.created_at < %(stale)s THEN 1 ELSE 0 END), 0)
+  FROM {GENERATION} g
+ WHERE g.user_id = %(user)s AND g.status = %(pending)s
+"""
+
+
+def spend(user_id: int, since: date, stale: datetime) -> tuple[str, dict]:
+    return SPEND_SQL, params({"user": user_id, "since": since, "stale": stale, "pending": PENDING})
+
+
+GENERATION_FIELDS = [
+    "id",
+    "user_id",
+    "conversation_id",
+    "model",
+    "provider",
+    "status",
+    "reserved_cost",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "cost",
+    "cost_estimated",
+    "exceeded_reservation",
+    "error",
+    "price_input_per_1m",
+    "price_cached_input_per_1m",
+    "price_output_per_1m",
+    "created_at",
+]
+INSERT_SQL = (
+    f"INSERT INTO {GENERATION} ({', '.join(GENERATION_FIELDS)}) "
+    f"VALUES ({', '.join(['%s'] * len(GENERATION_FIELDS))})"
+)
+
+
+def insert_reservation(**values) -> tuple[str, list]:
+    """A pending generation holding its worst case: settle() fills in the rest."""
+    values = {
+        "status": PENDING,
+        "input_tokens": 0,
+        "cached_input_tokens": 0,
+        "output_tokens": 0,
+        "cost": Decimal(0),
+        "cost_estimated": False,
+        "exceeded_reservation": False,
+        "error": "",
+        **values,
+    }
+    return INSERT_SQL, params([values[field] for field in GENERATION_FIELDS])
+
+
+# --- settle() ----------------------------------------------------------------------
+
+SETTLED_FIELDS = [
+    "status",
+    "cost",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "cost_estimated",
+    "exceeded_reservation",
+    "latency_ms",
+    "http_status",
+    "settled_at",
+    "error",
+]
+_SET = ", ".join(f"{field} = %({field})s" for field in SETTLED_FIELDS)
+_UPDATE = (
+    f"UPDATE {GENERATION} SET {_SET} WHERE id = %(id)s AND status IN (%(pending)s, %(abandoned)s)"
+)
+# Add the call to its (user, day, model) row, or start that row: the unique constraint
+# arbitrates between concurrent settles, so no lock is needed.
+_ROLLUP = f"""
+INSERT INTO {DAILY} AS d (user_id, day, model, generations, errors, input_tokens,
+                          cached_input_tokens, output_tokens, cost)
+SELECT {{user}}, %(day)s, {{model}}, %(ok)s, %(failed)s, %(input_tokens)s,
+       %(cached_input_tokens)s, %(output_tokens)s, %(cost)s
+  {{source}}
+ON CONFLICT (user_id, day, model) DO UPDATE SET
+    generations = d.generations + excluded.generations,
+    errors = d.errors + excluded.errors,
+    input_tokens = d.input_tokens + excluded.input_tokens,
+    cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
+    output_tokens = d.output_tokens + excluded.output_tokens,
+    cost = d.cost + excluded.cost
+RETURNING user_id
+"""
+# PostgreSQL: one statement. The UPDATE decides who settles (a second settle finds the row
+# settled and changes nothing) and the rollup adds only what it returned.
+SETTLE_POSTGRES = f"""
+WITH s AS ({_UPDATE} RETURNING user_id, model)
+{_ROLLUP.format(user="s.user_id", model="s.model", source="FROM s")}
+"""
+# SQLite has no UPDATE inside WITH: two statements in the caller's transaction, the second
+# adding to the rollup only if the first changed a row (changes(): the last statement's).
+SETTLE_SQLITE = [
+    _UPDATE,
+    _ROLLUP.format(user="%(user)s", model="%(model)s", source="WHERE changes() = 1"),
+]
+
+
+def settle(generation_id: UUID, user_id: int, model: str, day: date, fields: dict) -> list:
+    """The statements that settle one generation; the last one returns a row if this call
+    settled it. On SQLite, run them in one transaction."""
+    ok = fields["status"] == Generation.Status.OK
+    values = {
+        **fields,
+        "id": generation_id,
+        "user": user_id,
+        "model": model,
+        "day": day,
+        "ok": int(ok),
+        "failed": int(not ok),
+        "pending": PENDING,
+        "abandoned": Generation.Status.ABANDONED.value,
+    }
+    if postgres():
+        return [(SETTLE_POSTGRES, values)]
+    values = params(values)
+    return [(sql, values) for sql in SETTLE_SQLITE]
