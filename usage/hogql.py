@@ -5,12 +5,15 @@ with a personal API key (scope query:read) as Bearer. Inputs go in `values`
 and appear in the HogQL text only as {placeholders}, never spliced in.
 """
 
+import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 from django.conf import settings
 
 log = logging.getLogger(__name__)
@@ -78,18 +81,51 @@ def _retry_after(response: requests.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _detail(response: requests.Response) -> str:
+def _detail(status: int, body: bytes) -> str:
     try:
-        body = response.json()
+        payload = json.loads(body)
     except ValueError:
-        return f"HTTP {response.status_code}"
-    if isinstance(body, dict):
-        return str(body.get("detail") or body.get("code") or f"HTTP {response.status_code}")
-    return f"HTTP {response.status_code}"
+        return f"HTTP {status}"
+    if isinstance(payload, dict):
+        return str(payload.get("detail") or payload.get("code") or f"HTTP {status}")
+    return f"HTTP {status}"
+
+
+def _read_by(response: requests.Response, deadline: float) -> bytes:
+    """The whole body, or PostHogUnavailable once `deadline` (monotonic) has passed.
+
+    requests' read timeout bounds each read, not the answer: a server that sends a byte now
+    and then would hold the page for as long as it liked. So the body is read a socket read
+    at a time, each allowed only the time left.
+    """
+    raw = response.raw
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    chunks = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PostHogUnavailable("PostHog did not answer in time.")
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = raw.read1(64 * 1024, decode_content=True)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        if isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError):
+            raise PostHogUnavailable("PostHog did not answer in time.") from exc
+        raise PostHogUnavailable(f"PostHog could not be read ({type(exc).__name__}).") from exc
+    finally:
+        response.close()
 
 
 def run(query: str, values: dict[str, Any], name: str, refresh: str = "blocking") -> QueryResult:
-    """Run one HogQL query; rows come back as dicts keyed by column name."""
+    """Run one HogQL query; rows come back as dicts keyed by column name.
+
+    The whole call, from connecting to the last byte, takes at most the sum of
+    POSTHOG_QUERY_TIMEOUT (connect, read): a page waiting on it is never held longer.
+    """
     if not is_configured():
         raise PostHogNotConfigured("PostHog's project id and personal API key are not set.")
     if refresh not in REFRESH_MODES:
@@ -99,28 +135,31 @@ def run(query: str, values: dict[str, Any], name: str, refresh: str = "blocking"
         "name": name,
         "refresh": refresh,
     }
+    deadline = time.monotonic() + sum(settings.POSTHOG_QUERY_TIMEOUT)
     try:
         response = _session().post(
             query_url(),
             json=body,
             headers={"Authorization": f"Bearer {settings.POSTHOG_PERSONAL_API_KEY}"},
             timeout=settings.POSTHOG_QUERY_TIMEOUT,
+            stream=True,
         )
     except requests.Timeout as exc:
         raise PostHogUnavailable("PostHog did not answer in time.") from exc
     except requests.RequestException as exc:
         raise PostHogUnavailable(f"PostHog could not be reached ({type(exc).__name__}).") from exc
+    content = _read_by(response, deadline)
 
     status = response.status_code
     if status == 200:
         try:
-            payload = response.json()
+            payload = json.loads(content)
             columns = list(payload["columns"])
             rows = [dict(zip(columns, row, strict=True)) for row in payload["results"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise PostHogUnavailable("PostHog sent a response that could not be read.") from exc
         return QueryResult(columns, rows, bool(payload.get("is_cached")), payload.get("hogql"))
-    detail = _detail(response)
+    detail = _detail(status, content)
     log.warning("PostHog query %r failed: HTTP %s %s", name, status, detail)
     if status == 400:
         raise PostHogQueryError(f"PostHog refused the query: {detail}")

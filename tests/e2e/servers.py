@@ -1,5 +1,6 @@
 """Small real servers on 127.0.0.1 for the end-to-end tests: an OpenAI-compatible model,
-a PostHog capture sink, and a TCP proxy that can cut the app off from PostgreSQL."""
+a PostHog capture sink, PostHog's query API, and a TCP proxy that can cut the app off from
+PostgreSQL."""
 
 import contextlib
 import gzip
@@ -182,6 +183,72 @@ class CaptureSink(_Server):
     def generations(self) -> list[dict]:
         with self.lock:
             return [e for e in self.events if e.get("event") == "$ai_generation"]
+
+
+QUERY_COLUMNS = [
+    "day",
+    "model",
+    "is_error",
+    "generations",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "cost_usd",
+]
+
+
+class _QueryHandler(_Quiet):
+    def do_POST(self):
+        owner: FakePostHogQuery = self.owner
+        request = json.loads(self._body())
+        query = request["query"]
+        if owner.check is not None:  # PostHog's own parser, as the unit tests use it
+            owner.check(query["query"], query["values"])
+        with owner.lock:
+            owner.queries.append(query)
+        mode = owner.mode
+        if mode == "slow":
+            time.sleep(owner.delay)
+        if mode == "500":
+            payload = b'{"detail": "fake outage"}'
+        else:
+            payload = json.dumps(
+                {
+                    "columns": QUERY_COLUMNS,
+                    "results": owner.results,
+                    "is_cached": False,
+                    "hogql": query["query"],
+                }
+            ).encode()
+        self.send_response(500 if mode == "500" else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if mode != "drip":
+            self.wfile.write(payload)
+            return
+        for byte in payload:  # a byte at a time: each read well within any read timeout
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:  # the client gave up
+                return
+            time.sleep(owner.delay)
+
+
+class FakePostHogQuery(_Server):
+    """PostHog's query API (POST /api/projects/<id>/query/). mode: ok, slow (answers after
+    `delay` s), drip (a byte every `delay` s) or 500. `results` are the rows it answers;
+    `queries` what it was asked; `check(query, values)` vets each HogQL text."""
+
+    def __init__(self, check=None):
+        self.mode = "ok"
+        self.delay = 1.0
+        self.results: list[list] = []
+        self.queries: list[dict] = []
+        self.check = check
+        self.lock = threading.Lock()
+        super().__init__(_QueryHandler)
 
 
 class _WebhookHandler(_Quiet):
