@@ -3,9 +3,12 @@
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +29,6 @@ def setup_django(database_url: str | None = None, **env) -> Path:
             "OPENAI_API_KEY": "",
             "POSTHOG_API_KEY": "",
             "DEMO_STREAM_DELAY": "0",
-            "USAGE_DEFAULT_BUDGET_USD": "0",
             "CHAT_RATE_LIMIT": "0/60",
             **env,
         }
@@ -42,13 +44,57 @@ def setup_django(database_url: str | None = None, **env) -> Path:
     return workdir
 
 
+PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def postgres_database():
+    """A new PostgreSQL database for one benchmark, dropped afterwards: yields its URL."""
+    import psycopg
+
+    name = f"chatusage_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgres://postgres@127.0.0.1:5432/{name}"
+    finally:
+        if "django" in sys.modules:
+            from django.db import connections
+
+            connections.close_all()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def server_process(*args: str, stdin: str = ""):
+    """A tests/e2e/servers.py server in a process of its own, so that it takes no GIL time
+    from what is measured: yields its URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.e2e.servers", *args],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if stdin:
+            process.stdin.write(stdin + "\n")
+            process.stdin.flush()
+        yield process.stdout.readline().strip()
+    finally:
+        process.stdin.close()
+        process.wait(timeout=10)
+
+
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 
 
 def spread_ms(samples: list[float], prefix: str = "") -> dict:
-    """min, max and n beside a median: how wide the runs were, and how many."""
+    """median, min, max and n: where the runs sat, how wide they were, and how many."""
     return {
+        f"{prefix}ms": round(median_ms(samples), 3),
         f"{prefix}min_ms": round(min(samples) * 1000, 3),
         f"{prefix}max_ms": round(max(samples) * 1000, 3),
         f"{prefix}n": len(samples),

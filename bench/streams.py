@@ -86,7 +86,7 @@ def main():
         emit(bench="streams", skipped="PostgreSQL is not answering")
         return
     model = subprocess.Popen(
-        [sys.executable, "-m", "tests.e2e.servers", str(STREAM_SECONDS), str(CHUNKS)],
+        [sys.executable, "-m", "tests.e2e.servers", "model", str(STREAM_SECONDS), str(CHUNKS)],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -1,49 +1,128 @@
-"""Tracking overhead per chat call: the full tracked path against the bare OpenAI client.
+"""Tracking overhead: what the ledger and PostHog capture add, side by side in one process,
+interleaved one by one so that both sides see the same machine.
 
-Both use the same offline demo transport in the same process, interleaved call by call:
-bare = openai.AsyncOpenAI().chat.completions.create(); tracked = reserve() + PostHog's
-wrapped async client (capture on, to a local sink) + settle(), the ledger steps in threads as
-the chat view runs them. The difference is what tracking costs.
+call (SQLite; target <= 1.0 ms): the tracked path as the chat view runs it (reserve() in the
+request's thread, PostHog's wrapped async client with capture on, settle() in the thread)
+against a bare openai.AsyncOpenAI call, both on the offline demo transport.
+
+request (PostgreSQL, target <= 2.0 ms; SQLite): a whole non-streamed POST /api/chat/ through
+Django's ASGI handler (session, middleware, prompt and answer saved, budget line read) against
+the same request with the ledger and capture off: reserve() and settle() replaced by
+stand-ins that touch no database, and the model called through the bare client.
+
+The capture sink runs in a process of its own; users have the default budget, so settles
+also watch for alerts, as in production.
 """
 
+import asyncio
+import contextlib
 import sys
 import time
+import uuid
+from decimal import Decimal
+from types import SimpleNamespace
 
-from bench.common import emit, median_ms, setup_django, spread_ms
+import requests
+
+from bench.common import emit, postgres_database, server_process, setup_django, spread_ms
 
 CALLS = 300
+WARM_UP = 20
+PROMPT = "How much does a tracked call cost compared to a bare one?"
 
 
-def main(database_url=None, label="sqlite"):
-    from tests.e2e.servers import CaptureSink
-
-    sink = CaptureSink()
-    setup_django(database_url, POSTHOG_API_KEY="phc_bench", POSTHOG_HOST=sink.url)
-    import asyncio
-
+def bare_client():
     import openai
-    from django.conf import settings
-    from django.contrib.auth.models import User
 
-    from chat import demo, llm
+    from chat import demo
+
+    return openai.AsyncOpenAI(
+        api_key="demo", base_url=demo.DEMO_BASE_URL, http_client=demo.http_client(), max_retries=0
+    )
+
+
+def untracked():
+    """A context manager: the chat path with the ledger and capture off (see the module's
+    docstring). Built outside the event loop, since it reads the price once."""
+    from django.utils import timezone
+
+    from chat import llm
+    from usage import limits
+    from usage.pricing import price_for
+
+    price = price_for(llm.current_provider().model)
+    bare = bare_client()
+
+    def reserve(user, model, messages, max_tokens, provider="openai", conversation_id=None):
+        return limits.Reservation(uuid.uuid4(), user.pk, model, provider, price, 0, 0, max_tokens)
+
+    def settle(reservation, usage=None, *, error="", latency_ms=None, http_status=None):
+        return limits.Settlement(
+            reservation.generation_id,
+            reservation.user_id,
+            reservation.model,
+            "ok",
+            Decimal(0),
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.output_tokens,
+            False,
+            False,
+            latency_ms,
+            http_status,
+            timezone.now(),
+        )
+
+    async def create(**options):
+        options = {k: v for k, v in options.items() if not k.startswith("posthog_")}
+        return await bare.chat.completions.create(**options)
+
+    client = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+
+    @contextlib.contextmanager
+    def swapped():
+        saved = limits.reserve, limits.settle, llm.client
+        limits.reserve, limits.settle, llm.client = reserve, settle, lambda: client
+        try:
+            yield
+        finally:
+            limits.reserve, limits.settle, llm.client = saved
+
+    return swapped
+
+
+async def side_by_side(bare_call, tracked_call):
+    async def timed(call) -> float:
+        started = time.perf_counter()
+        await call()
+        return time.perf_counter() - started
+
+    for _ in range(WARM_UP):  # client construction, first queries, prepared statements
+        await bare_call()
+        await tracked_call()
+    bare, tracked = [], []
+    for _ in range(CALLS):
+        bare.append(await timed(bare_call))
+        tracked.append(await timed(tracked_call))
+    return bare, tracked
+
+
+def calls(user):
+    from django.conf import settings
+
+    from chat import llm
     from chatusage.db import step
     from usage import limits
     from usage.pricing import price_for
 
-    user = User.objects.create_user("bench")
     messages = [
         {"role": "system", "content": settings.CHAT_SYSTEM_PROMPT},
-        {"role": "user", "content": "How much does a tracked call cost compared to a bare one?"},
+        {"role": "user", "content": PROMPT},
     ]
     price = price_for(settings.DEMO_MODEL)
 
     async def measure():
-        bare = openai.AsyncOpenAI(
-            api_key="demo",
-            base_url=demo.DEMO_BASE_URL,
-            http_client=demo.http_client(),
-            max_retries=0,
-        )
+        bare = bare_client()
 
         async def bare_call():
             response = await bare.chat.completions.create(
@@ -52,7 +131,6 @@ def main(database_url=None, label="sqlite"):
             assert response.usage.completion_tokens > 0
 
         async def tracked_call():
-            # The chat view's steps: reserve in a thread, the wrapped call, settle in a thread.
             reservation = await step(
                 limits.reserve, user, settings.DEMO_MODEL, messages, 500, provider="demo"
             )
@@ -68,36 +146,52 @@ def main(database_url=None, label="sqlite"):
                 limits.settle, reservation, completion.usage, latency_ms=completion.latency_ms
             )
 
-        async def timed_call(call) -> float:
-            started = time.perf_counter()
-            await call()
-            return time.perf_counter() - started
+        return await side_by_side(bare_call, tracked_call)
 
-        for _ in range(20):  # warm up both paths (client construction, first queries)
-            await bare_call()
-            await tracked_call()
-        bare_samples, tracked_samples = [], []
-        for _ in range(CALLS):
-            bare_samples.append(await timed_call(bare_call))
-            tracked_samples.append(await timed_call(tracked_call))
-        return bare_samples, tracked_samples
+    return asyncio.run(measure())
 
-    bare_samples, tracked_samples = asyncio.run(measure())
-    from chatusage import analytics
 
-    analytics.shutdown()
-    sink.stop()
-    bare_ms, tracked_ms = median_ms(bare_samples), median_ms(tracked_samples)
+def chat_requests(user):
+    from django.test import AsyncClient
+
+    client = AsyncClient()
+    client.force_login(user)
+    off = untracked()
+
+    async def post():
+        response = await client.post(
+            "/api/chat/", {"prompt": PROMPT}, content_type="application/json"
+        )
+        assert response.status_code == 200, response.content[:300]
+
+    async def untracked_request():
+        with off():
+            await post()
+
+    return asyncio.run(side_by_side(untracked_request, post))
+
+
+def main(kind="call", db="sqlite"):
+    databases = postgres_database() if db == "postgres" else contextlib.nullcontext(None)
+    with server_process("sink") as sink, databases as database_url:
+        setup_django(database_url, POSTHOG_API_KEY="phc_bench", POSTHOG_HOST=sink)
+        from django.contrib.auth.models import User
+
+        from chatusage import analytics
+
+        user = User.objects.create_user("bench")
+        bare, tracked = calls(user) if kind == "call" else chat_requests(user)
+        analytics.shutdown()
+        captured = requests.get(f"{sink}/stats", timeout=10).json()["generations"]
+    bare_figures, tracked_figures = spread_ms(bare, "bare_"), spread_ms(tracked, "tracked_")
     emit(
         bench="tracking",
-        db=label,
-        calls=CALLS,
-        bare_ms=round(bare_ms, 3),
-        tracked_ms=round(tracked_ms, 3),
-        overhead_ms=round(tracked_ms - bare_ms, 3),
-        **spread_ms(bare_samples, "bare_"),
-        **spread_ms(tracked_samples, "tracked_"),
-        events_captured=len(sink.generations()),
+        kind=kind,
+        db=db,
+        overhead_ms=round(tracked_figures["tracked_ms"] - bare_figures["bare_ms"], 3),
+        **bare_figures,
+        **tracked_figures,
+        events_captured=captured,
     )
 
 

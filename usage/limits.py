@@ -285,27 +285,34 @@ def spend_for(account: UsageAccount, cycle: Cycle, include_pending: bool = True)
 LONGEST_CYCLE = timedelta(days=31)
 
 
-def _locked_spend(user_id: int, now: datetime) -> tuple[UsageAccount, Spend]:
-    """Lock the user's account and read where they stand: one round trip on PostgreSQL.
+def _locked_spend(user_id: int, now: datetime, hold=None) -> tuple[UsageAccount, Spend, bool]:
+    """Lock the user's account and read where they stand, then run `hold` (a reservation's
+    insert), all in one round trip on PostgreSQL. Call inside a transaction.
 
     The spend is read after the lock is held (its own statement, its own snapshot), so it
-    sees every reservation and settle committed before ours. Call inside a transaction.
+    sees every reservation and settle committed before ours, and not `hold`, which comes
+    after it. Returns (account, spend, whether `hold` is in): off the usual path (an account
+    to make, stale reservations to release) it is taken back, and the caller decides again.
     """
-    account_rows, spend_rows = sql.batch(
+    account_rows, spend_rows, *_ = sql.batch(
         sql.lock_account(user_id),
         sql.spend(user_id, local_day(now) - LONGEST_CYCLE, stale_before(now)),
+        *([hold] if hold else []),
     )
+    if account_rows:
+        account = sql.account_from(user_id, account_rows[0])
+        spend, stale = _cycle_spend(spend_rows, account, cycle_for(account, now))
+        if not stale:
+            return account, spend, hold is not None
+    if hold:
+        sql.batch(sql.take_back(hold))
     if not account_rows:  # made with the user; one made before accounts existed gets it now
         from django.contrib.auth import get_user_model
 
         UsageAccount.objects.for_user(get_user_model().objects.get(pk=user_id))
-        return _locked_spend(user_id, now)
-    account = sql.account_from(user_id, account_rows[0])
-    spend, stale = _cycle_spend(spend_rows, account, cycle_for(account, now))
-    if stale:  # calls that can no longer be running still hold budget: release it, read again
+    else:  # calls that can no longer be running still hold budget: release it
         expire_stale_reservations(now, user_id=user_id)
-        return _locked_spend(user_id, now)
-    return account, spend
+    return _locked_spend(user_id, now)
 
 
 def reserve(
@@ -318,33 +325,35 @@ def reserve(
 ) -> Reservation:
     """Hold the call's worst-case cost, or raise UsageLimitReached (or UnknownModelError).
 
-    One transaction: lock the account and read the spend (one round trip on PostgreSQL),
-    apply the rules (refusal()), insert the reservation.
+    One transaction, two round trips on PostgreSQL: lock the account, read the spend and
+    insert the reservation; then apply the rules (refusal()) and commit, or take the
+    reservation back first. Nobody sees it before the commit.
     """
     price = price_for(model)
     input_bound = worst_case_input_tokens(messages)
     worst_case = price.cost(input_bound, 0, max_tokens)
     now = timezone.now()
     generation_id = uuid4()
+    hold = sql.insert_reservation(
+        id=generation_id,
+        user_id=user.pk,
+        conversation_id=conversation_id,
+        model=model,
+        provider=provider,
+        reserved_cost=worst_case,
+        price_input_per_1m=price.input_per_1m,
+        price_cached_input_per_1m=price.cached_input_per_1m,
+        price_output_per_1m=price.output_per_1m,
+        created_at=now,
+    )
     with transaction.atomic():
-        account, spend = _locked_spend(user.pk, now)
+        account, spend, held = _locked_spend(user.pk, now, hold)
         refused = refusal(account, spend, worst_case)
-        if refused is None:
-            sql.batch(
-                sql.insert_reservation(
-                    id=generation_id,
-                    user_id=user.pk,
-                    conversation_id=conversation_id,
-                    model=model,
-                    provider=provider,
-                    reserved_cost=worst_case,
-                    price_input_per_1m=price.input_per_1m,
-                    price_cached_input_per_1m=price.cached_input_per_1m,
-                    price_output_per_1m=price.output_per_1m,
-                    created_at=now,
-                )
-            )
-        elif refused.reason in ("budget", "messages"):
+        if refused is None and not held:
+            sql.batch(hold)
+        elif refused is not None and held:
+            sql.batch(sql.take_back(hold))
+        if refused is not None and refused.reason in ("budget", "messages"):
             # Committed with this transaction, so it is raised after the block.
             alerts.after_refusal(account, spend.cycle, spend.settled_cost)
     if refused is not None:

@@ -174,6 +174,11 @@ def insert_reservation(**values) -> tuple[str, list]:
     return INSERT_SQL, params([values[field] for field in GENERATION_FIELDS])
 
 
+def take_back(insert: tuple[str, list]) -> tuple[str, list]:
+    """Delete the row that `insert` (from insert_reservation()) inserted."""
+    return f"DELETE FROM {GENERATION} WHERE id = %s", [insert[1][0]]
+
+
 # --- settle() ----------------------------------------------------------------------
 
 SETTLED_FIELDS = [

@@ -149,6 +149,15 @@ class FakeModel(_Server):
 
 
 class _SinkHandler(_Quiet):
+    def do_GET(self):  # GET /stats: what it has received
+        owner: CaptureSink = self.owner
+        payload = json.dumps({"generations": len(owner.generations())}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def do_POST(self):
         owner: CaptureSink = self.owner
         body = self._body()
@@ -344,17 +353,25 @@ class TcpProxy:
 
 
 if __name__ == "__main__":
-    # A fake model in a process of its own (for the benchmarks): prints its URL, serves
-    # GET /stats, and stops when its standard input closes.
+    # A server in a process of its own, for the benchmarks, so it shares no GIL with what
+    # they measure: `model <stream seconds> <pieces>`, `sink` or `posthog`. Prints its URL,
+    # answers GET /stats (model, sink) and stops when its standard input closes.
     import os
     import sys
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
-    os.environ.setdefault("SECRET_KEY", "fake-model")
+    os.environ.setdefault("SECRET_KEY", "fake-server")
     import django
 
     django.setup()
-    server = FakeModel(stream_seconds=float(sys.argv[1]), pieces=int(sys.argv[2]))
+    kind = sys.argv[1]
+    if kind == "model":
+        server = FakeModel(stream_seconds=float(sys.argv[2]), pieces=int(sys.argv[3]))
+    elif kind == "sink":
+        server = CaptureSink()
+    else:
+        server = FakePostHogQuery()
+        server.results = json.loads(sys.stdin.readline())
     print(server.url, flush=True)
     sys.stdin.read()
     server.stop()
