@@ -16,6 +16,8 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 # pending reservation that expiry releases once OPENAI_DEADLINE and its margin have passed.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
+# Load the app once in the master and fork the workers from it (see the README's figures).
+preload_app = os.environ.get("GUNICORN_PRELOAD", "false").lower() in ("1", "true", "yes")
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-") or None
 
 

@@ -1,6 +1,7 @@
-"""`make bench`: every benchmark in its own process, then one table of medians.
+"""`make bench`: every benchmark in its own process, then one table.
 
-Figures are medians of many runs; ratios compare runs made side by side in one process.
+Each figure is a median with its min, max and n; a ratio or difference compares runs made
+side by side in one process, interleaved one by one.
 """
 
 import json
@@ -13,11 +14,14 @@ from datetime import date
 from bench.common import ROOT
 
 RUNS = [
-    ("bench.tracking", []),
+    ("bench.tracking", ["call", "sqlite"]),
+    ("bench.tracking", ["request", "sqlite"]),
+    ("bench.tracking", ["request", "postgres"]),
     ("bench.ledger", ["sqlite"]),
     ("bench.ledger", ["postgres"]),
     ("bench.dashboard", []),
     ("bench.throughput", []),
+    ("bench.throughput", ["preload"]),
     ("bench.streams", ["64"]),
     ("bench.streams", ["256"]),
 ]
@@ -44,75 +48,111 @@ def cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def spread(r: dict, prefix: str = "") -> str:
+    """median ms (min–max, n) from a spread_ms() group."""
+    return (
+        f"{r[prefix + 'ms']} ms ({r[prefix + 'min_ms']}–{r[prefix + 'max_ms']}, "
+        f"n={r[prefix + 'n']})"
+    )
+
+
+def rows(by: dict) -> list[tuple[str, str, str]]:
+    table = []
+    t = by.get(("tracking", "sqlite", "call"))
+    if t:
+        table.append(
+            (
+                "Tracking per chat call, SQLite: reserve + wrapped call + settle vs bare client",
+                f"bare {spread(t, 'bare_')} · tracked {spread(t, 'tracked_')} · "
+                f"**+{t['overhead_ms']} ms**",
+                "≤ +1.0 ms",
+            )
+        )
+    for db, target in (("sqlite", ""), ("postgres", "≤ +2.0 ms")):
+        t = by.get(("tracking", db, "request"))
+        if t:
+            table.append(
+                (
+                    f"Tracking per non-streamed chat request (POST /api/chat/), {db}: ledger "
+                    "and capture on vs off",
+                    f"off {spread(t, 'bare_')} · on {spread(t, 'tracked_')} · "
+                    f"**+{t['overhead_ms']} ms**",
+                    target,
+                )
+            )
+    for db in ("sqlite", "postgres"):
+        r = by.get(("ledger", db, None))
+        if r:
+            table.append(
+                (
+                    f"reserve + settle per call, {db}",
+                    f"with a budget (alerts watching) **{spread(r, 'alerting_')}** · no cap "
+                    f"{spread(r, 'uncapped_')} · one round trip {spread(r, 'round_trip_')}",
+                    "≤ 1.5 ms on PostgreSQL" if db == "postgres" else "",
+                )
+            )
+    d = by.get(("dashboard", "postgres", None))
+    if d:
+        table.append(
+            (
+                f"/usage/ render, heavy user ({d['heavy_user_generations']:,} generations, "
+                f"every day, 8 models; {d['heavy_user_cycle_rows']} rollup rows this cycle), "
+                "PostgreSQL",
+                f"ledger, 10^4 rows {spread(d, 'ledger_1e4_')} vs 10^6 rows "
+                f"{spread(d, 'ledger_1e6_')}: ratio **{d['ratio']}**, {d['queries_1e4']} vs "
+                f"{d['queries_1e6']} SQL queries · PostHog ({d['posthog_rows']} rows) cold "
+                f"{spread(d, 'posthog_cold_')}, cached {spread(d, 'posthog_warm_')}",
+                "ratio ≤ 1.5",
+            )
+        )
+    for mode in ("default", "preload"):
+        g = by.get(("throughput", "postgres", mode))
+        if g:
+            table.append(
+                (
+                    f"Chat requests/s, production command (2 workers, PostgreSQL direct, "
+                    f"{g['clients']} clients{', preload_app' if mode == 'preload' else ''})",
+                    f"**{g['rps']}/s** ({g['ok']} answered, {g['non_200']} not 200), latency "
+                    f"{spread(g, 'latency_')} · per worker after load: RSS "
+                    f"{g['worker_rss_mb']} MB, PSS {g['worker_pss_mb']} MB, USS "
+                    f"{g['worker_uss_mb']} MB; master PSS {g['master_pss_mb']} MB; all "
+                    f"{g['total_pss_mb']} MB",
+                    "",
+                )
+            )
+    for n in (64, 256):
+        r = by.get(("streams", "postgres", n))
+        if r:
+            table.append(
+                (
+                    f"{n} streams at once (30 chunks over 3 s each), production command",
+                    f"p95 {r['p95_s']} s (p50 {r['p50_s']}, {r['min_s']}–{r['max_s']} s) vs "
+                    f"lone {r['lone_s']} s: **{r['p95_ratio']}x** · first word p95 "
+                    f"{r['first_word_p95_s']} s · model saw {r['model_most_at_once']} at once · "
+                    f"≤ {r['most_pg_connections']} PostgreSQL connections · /healthz ≤ "
+                    f"{r['healthz_worst_s']} s · {r['done']}/{n} done",
+                    "≤ 1.5x at 256",
+                )
+            )
+    return table
+
+
 def main():
     results = []
     for module, args in RUNS:
         print(f"running {module} {' '.join(args)}...", file=sys.stderr, flush=True)
         results.append(run(module, args))
-    by = {(r["bench"], r.get("db"), r.get("streams")): r for r in results}
-    rows = []
-    t = by.get(("tracking", "sqlite", None), {})
-    if "overhead_ms" in t:
-        rows.append(
-            (
-                "Tracking overhead per chat call (SQLite, demo transport)",
-                f"bare {t['bare_ms']} ms ({t['bare_min_ms']}–{t['bare_max_ms']}) · "
-                f"tracked {t['tracked_ms']} ms ({t['tracked_min_ms']}–{t['tracked_max_ms']}), "
-                f"n={t['tracked_n']} each · **+{t['overhead_ms']} ms**",
-                "≤ 2 ms",
-            )
-        )
-    for db in ("sqlite", "postgres"):
-        r = by.get(("ledger", db, None), {})
-        if "reserve_settle_ms" in r:
-            rows.append(
-                (
-                    f"reserve + settle per call ({db})",
-                    f"{r['reserve_settle_ms']} ms ({r['min_ms']}–{r['max_ms']}, n={r['n']})",
-                    "",
-                )
-            )
-    d = by.get(("dashboard", "sqlite", None), {})
-    if "ratio" in d:
-        rows.append(
-            (
-                "/usage/ render, 10^4 vs 10^6 ledger rows (SQLite)",
-                f"{d['ms_1e4']} ms vs {d['ms_1e6']} ms · ratio **{d['ratio']}** · "
-                f"{d['queries_1e4']} vs {d['queries_1e6']} SQL queries",
-                "ratio ≤ 1.5",
-            )
-        )
-    g = by.get(("throughput", "postgres", None), {})
-    if "rps" in g:
-        rows.append(
-            (
-                f"Chat requests/s, production command (2 workers, PostgreSQL, {g['clients']} "
-                "clients)",
-                f"**{g['rps']}/s** ({g['ok']} answered, {g['non_200']} not 200)",
-                "",
-            )
-        )
-    for n in (64, 256):
-        r = by.get(("streams", "postgres", n), {})
-        if "p95_ratio" in r:
-            rows.append(
-                (
-                    f"{n} streams at once (30 chunks over 3 s each), production command",
-                    f"p95 {r['p95_s']} s vs lone {r['lone_s']} s: **{r['p95_ratio']}x** · "
-                    f"first word p95 {r['first_word_p95_s']} s · model saw "
-                    f"{r['model_most_at_once']} at once · ≤ {r['most_pg_connections']} "
-                    f"PostgreSQL connections · /healthz ≤ {r['healthz_worst_s']} s · "
-                    f"{r['done']}/{n} done",
-                    "≤ 1.5x at 256",
-                )
-            )
+    by = {
+        (r["bench"], r.get("db"), r.get("kind") or r.get("mode") or r.get("streams")): r
+        for r in results
+    }
     print(
         f"\nBenchmarks, {date.today().isoformat()}, {os.cpu_count()} cores, {cpu()}, "
         f"Python {platform.python_version()}\n"
     )
     print("| measure | median (min–max, n) | target |")
     print("|---|---|---|")
-    for name, value, target in rows:
+    for name, value, target in rows(by):
         print(f"| {name} | {value} | {target} |")
     failures = [r for r in results if "error" in r]
     for failure in failures:

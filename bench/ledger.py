@@ -1,57 +1,66 @@
-"""reserve() + settle() per call: the ledger's cost on every message, SQLite or PostgreSQL."""
+"""reserve() + settle() per call, the ledger's cost on every message (SQLite or PostgreSQL).
 
+Two users side by side, call by call: one with a budget (the default: settles also watch for
+alerts, which locks the account) and one without a cap. Beside them, one bare round trip
+(`SELECT 1` through Django's cursor), the unit in which the database's part can be read on
+any machine.
+"""
+
+import contextlib
 import sys
-import uuid
 
-from bench.common import emit, median_ms, setup_django, spread_ms, timed
+from bench.common import emit, postgres_database, setup_django, spread_ms, timed
 
 CALLS = 500
+WARM_UP = 30
 
 
 def main(label="sqlite"):
-    dbname = None
-    url = None
-    if label == "postgres":
-        import psycopg
-
-        dbname = f"chatusage_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect("postgres://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{dbname}"')
-        url = f"postgres://postgres@127.0.0.1:5432/{dbname}"
-    try:
+    databases = postgres_database() if label == "postgres" else contextlib.nullcontext(None)
+    with databases as url:
         setup_django(url)
         from django.conf import settings
         from django.contrib.auth.models import User
+        from django.db import connection
 
         from usage import limits
+        from usage.models import UsageAccount
 
-        user = User.objects.create_user("bench")
+        budgeted = User.objects.create_user("budgeted")  # the default budget
+        uncapped = User.objects.create_user("uncapped")
+        UsageAccount.objects.filter(user=uncapped).update(budget_usd=0)
         messages = [{"role": "user", "content": "How much does the ledger cost per call?"}]
         usage = limits.TokenUsage(40, 0, 120)
 
-        def call():
+        def call(user):
             reservation = limits.reserve(user, settings.DEMO_MODEL, messages, 500)
             limits.settle(reservation, usage, latency_ms=900, http_status=200)
 
-        for _ in range(30):
-            call()
-        samples = [timed(call) for _ in range(CALLS)]
-        emit(
-            bench="ledger",
-            db=label,
-            calls=CALLS,
-            reserve_settle_ms=round(median_ms(samples), 3),
-            **spread_ms(samples),
-        )
-    finally:
-        if dbname:
-            from django.db import connections
+        def round_trip():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                cursor.fetchone()
 
-            connections.close_all()
-            with psycopg.connect(
-                "postgres://postgres@127.0.0.1:5432/postgres", autocommit=True
-            ) as c:
-                c.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        samples = {"budgeted": [], "uncapped": [], "rt": []}
+        for n in range(WARM_UP + CALLS):
+            figures = (timed(lambda: call(budgeted)), timed(lambda: call(uncapped)))
+            figures += (timed(round_trip),)
+            if n >= WARM_UP:
+                for key, seconds in zip(samples, figures, strict=True):
+                    samples[key].append(seconds)
+        assert (
+            limits.spend_for(
+                budgeted.usage_account, limits.cycle_for(budgeted.usage_account)
+            ).settled_messages
+            == WARM_UP + CALLS
+        )
+    emit(
+        bench="ledger",
+        db=label,
+        **spread_ms(samples["budgeted"], "alerting_"),
+        **spread_ms(samples["uncapped"], "uncapped_"),
+        **spread_ms(samples["rt"], "round_trip_"),
+    )
 
 
 if __name__ == "__main__":
