@@ -94,13 +94,10 @@ def main():
     )
     model_url = model.stdout.readline().strip()
     sink = CaptureSink()
-    env = fake_model_env(
-        model_url,
-        POSTHOG_API_KEY="phc_bench",
-        POSTHOG_HOST=sink.url,
-        USAGE_DEFAULT_BUDGET_USD="5.00",  # production's default: settles watch for alerts
-    )
-    users = [(f"s{i}", None) for i in range(USERS)]
+    env = fake_model_env(model_url, POSTHOG_API_KEY="phc_bench", POSTHOG_HOST=sink.url)
+    # A budget (the load model's calls cost up to $1): settles watch for alerts, as with
+    # production's default budget.
+    users = [(f"s{i}", "100000") for i in range(USERS)]
     try:
         with gunicorn_app(Path(tempfile.mkdtemp()), env, users, proxy=False) as app:
             sessions = [app.login(name) for name, _ in users]

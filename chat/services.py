@@ -1,4 +1,5 @@
-"""A chat turn: validate, save the prompt, reserve, call, settle, save the answer.
+"""A chat turn: validate; reserve and save the prompt (one transaction); call; settle and
+save the answer (one transaction).
 
 Views call these; they never touch the ledger or the provider themselves. The call
 itself is async and holds no database connection: the ledger and message writes
@@ -148,11 +149,12 @@ def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
 
 
 def _start_turn(user, prompt_text, conversation_id=None) -> Turn:
-    """Validate, reserve budget for the call, then save the prompt (and a new conversation).
+    """Validate, then reserve budget for the call and save the prompt (and a new
+    conversation) in one transaction: one commit, and never one without the other.
 
-    A refused turn (bad input, budget, message limit, unpriced model) writes nothing: the
-    prompt goes back to the composer with the reason. Once the budget is held the prompt
-    is saved, marked failed until answered, so a failed call never loses it.
+    A refused turn (bad input, budget, message limit, unpriced model) writes nothing but
+    the refusal's alert: the prompt goes back to the composer with the reason. An accepted
+    prompt is saved marked failed until answered, so a failed call never loses it.
     """
     text = clean_prompt(prompt_text)
     conversation = conversation_for(user, conversation_id) if conversation_id else None
@@ -161,25 +163,25 @@ def _start_turn(user, prompt_text, conversation_id=None) -> Turn:
     new_conversation = conversation is None
     if new_conversation:
         conversation = Conversation(user=user, title=text.splitlines()[0][:80])
-    try:
-        reservation = limits.reserve(
-            user,
-            provider.model,
-            messages,
-            settings.OPENAI_MAX_TOKENS,
-            provider=provider.name,
-            conversation_id=conversation.pk,
-        )
-    except (limits.UsageLimitReached, UnknownModelError) as exc:
-        raise _refusal(exc, None if new_conversation else conversation) from exc
-    try:
-        with transaction.atomic():
+    refused = None
+    with transaction.atomic():
+        try:
+            reservation = limits.reserve(
+                user,
+                provider.model,
+                messages,
+                settings.OPENAI_MAX_TOKENS,
+                provider=provider.name,
+                conversation_id=conversation.pk,
+            )
+        except (limits.UsageLimitReached, UnknownModelError) as exc:
+            refused = exc  # raised after the commit, which keeps what reserve() recorded
+        else:
             if new_conversation:
                 conversation.save(force_insert=True)
             prompt = _save_prompt(conversation, text, reservation.generation_id)
-    except BaseException:
-        limits.settle(reservation, error="The prompt could not be saved.")
-        raise
+    if refused is not None:
+        raise _refusal(refused, None if new_conversation else conversation) from refused
     return Turn(user, conversation, prompt, messages, reservation, provider)
 
 
@@ -213,24 +215,34 @@ def _finish(
 ) -> Answer:
     """Settle what was delivered and save it as the answer (cut short when interrupted)."""
     usage = completion.usage or limits.estimate_usage(turn.reservation, completion.text)
-    generation = limits.settle(
-        turn.reservation,
-        usage,
-        latency_ms=completion.latency_ms,
-        http_status=error.http_status if error else completion.http_status,
-    )
-    with transaction.atomic():
-        Message.objects.filter(pk=turn.prompt.pk).update(failed=False)
-        answer = turn.conversation.messages.create(
-            role=Message.Role.ASSISTANT,
-            content=completion.text,
-            generation_id=generation.pk,
-            interrupted=interrupted,
-            error=error.message if error else "",
-            finish_reason=completion.finish_reason or "",
-            demo=turn.provider.demo,
+
+    def settle():
+        return limits.settle(
+            turn.reservation,
+            usage,
+            latency_ms=completion.latency_ms,
+            http_status=error.http_status if error else completion.http_status,
         )
-        Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=timezone.now())
+
+    # Settled and saved in one transaction, one commit. Should saving fail, the call is
+    # settled on its own before the error goes on: what was delivered is billed.
+    try:
+        with transaction.atomic():
+            generation = settle()
+            Message.objects.filter(pk=turn.prompt.pk).update(failed=False)
+            answer = turn.conversation.messages.create(
+                role=Message.Role.ASSISTANT,
+                content=completion.text,
+                generation_id=generation.pk,
+                interrupted=interrupted,
+                error=error.message if error else "",
+                finish_reason=completion.finish_reason or "",
+                demo=turn.provider.demo,
+            )
+            Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=timezone.now())
+    except Exception:
+        settle()
+        raise
     return Answer(
         turn.conversation,
         answer,

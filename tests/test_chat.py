@@ -528,3 +528,45 @@ def test_an_answer_without_usage_is_recorded_at_a_flagged_estimate(
     assert generation.status == "ok" and generation.cost_estimated
     assert generation.output_tokens == 8  # 31 bytes of answer at ~4 bytes a token
     assert generation.cost > 0
+
+
+def test_a_refused_chat_message_still_records_its_alert(alice_client, alice, openai_mock):
+    """The refusal is raised after the turn's transaction commits what reserve() recorded."""
+    from usage.models import Alert
+
+    set_budget(alice, "0.01")
+    hold_budget(alice, "0.0099999")
+    assert post(alice_client, {"prompt": "one more"}).status_code == 429
+    assert Alert.objects.filter(user=alice, kind=Alert.Kind.LIMIT).count() == 1
+
+
+def test_a_prompt_that_cannot_be_saved_holds_no_budget(alice, openai_mock, monkeypatch):
+    """Reservation and prompt commit together: a failed save leaves neither behind."""
+    from chat import services
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(services, "_save_prompt", broken)
+    with pytest.raises(RuntimeError):
+        services._start_turn(alice, "Hello")
+    assert not Generation.objects.exists()
+    assert not Conversation.objects.exists()
+
+
+def test_an_answer_that_cannot_be_saved_is_still_billed(alice, openai_mock, monkeypatch):
+    """Settle and answer share a transaction; if it fails, the call is settled on its own."""
+    from chat import services
+
+    turn = services._start_turn(alice, "Hello")
+
+    def failing(manager, **fields):
+        raise RuntimeError("the answer could not be written")
+
+    monkeypatch.setattr(type(turn.conversation.messages), "create", failing)
+    with pytest.raises(RuntimeError):
+        async_to_sync(services.answer)(turn)
+    generation = Generation.objects.get(pk=turn.reservation.generation_id)
+    assert generation.status == "ok" and generation.cost > 0
+    assert DailyUsage.objects.get(user=alice).generations == 1
+    assert not Message.objects.filter(role=Message.Role.ASSISTANT).exists()

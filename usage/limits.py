@@ -346,7 +346,9 @@ def reserve(
         price_output_per_1m=price.output_per_1m,
         created_at=now,
     )
-    with transaction.atomic():
+    # savepoint=False: inside the caller's transaction (the chat turn's) this adds no
+    # round trips; an error rolls that transaction back.
+    with transaction.atomic(savepoint=False):
         account, spend, held = _locked_spend(user.pk, now, hold)
         refused = refusal(account, spend, worst_case)
         if refused is None and not held:
@@ -464,7 +466,7 @@ def settle(
         # Alerts need this user's settles in a row: the lock makes each one read the spend
         # every earlier settle committed, so exactly one of them crosses each threshold.
         # Lock, settle and read go out together: one round trip, then the commit.
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):
             account_rows, *settled, spend_rows = sql.batch(
                 sql.lock_account(user_id),
                 *statements,
@@ -477,7 +479,7 @@ def settle(
                 alerts.after_settle(account, spend.cycle, spend.settled_cost, fields["cost"])
     else:
         # PostgreSQL settles in one statement; SQLite's two need a transaction.
-        with nullcontext() if sql.postgres() else transaction.atomic():
+        with nullcontext() if sql.postgres() else transaction.atomic(savepoint=False):
             *_, settled = sql.batch(*statements)
         won = bool(settled)
     if not won:  # settled before (a retry, or expiry raced us): report what the row holds
