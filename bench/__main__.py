@@ -21,7 +21,7 @@ RUNS = [
     ("bench.ledger", ["postgres"]),
     ("bench.dashboard", []),
     ("bench.throughput", []),
-    ("bench.throughput", ["preload"]),
+    ("bench.throughput", ["no-preload"]),
     ("bench.streams", ["64"]),
     ("bench.streams", ["256"]),
 ]
@@ -105,13 +105,14 @@ def rows(by: dict) -> list[tuple[str, str, str]]:
                 "ratio ≤ 1.5",
             )
         )
-    for mode in ("default", "preload"):
+    for mode in ("default", "no-preload"):
         g = by.get(("throughput", "postgres", mode))
+        preload = ", without preload_app" if mode == "no-preload" else ""
         if g:
             table.append(
                 (
                     f"Chat requests/s, production command (2 workers, PostgreSQL direct, "
-                    f"{g['clients']} clients{', preload_app' if mode == 'preload' else ''})",
+                    f"{g['clients']} clients{preload})",
                     f"**{g['rps']}/s** ({g['ok']} answered, {g['non_200']} not 200), latency "
                     f"{spread(g, 'latency_')} · per worker after load: RSS "
                     f"{g['worker_rss_mb']} MB, PSS {g['worker_pss_mb']} MB, USS "

@@ -5,8 +5,8 @@ Non-streamed messages from 16 logged-in users at once for a fixed time, every re
 full tracked turn: prompt saved, budget reserved (the default budget, so settles also watch
 for alerts), PostHog-wrapped call captured to a sink, ledger settled. Memory: RSS, and PSS
 and USS from /proc/<pid>/smaps_rollup, which tell what the workers share (PSS splits shared
-pages between the processes that map them; USS is what a worker alone holds). Run with
-`preload` to load the app once in the master before forking (gunicorn's preload_app).
+pages between the processes that map them; USS is what a worker alone holds). The
+production config preloads the app in the master; `no-preload` measures without.
 """
 
 import os
@@ -60,7 +60,7 @@ def main(mode="default"):
             "POSTHOG_API_KEY": "phc_bench",
             "POSTHOG_HOST": sink,
             "USAGE_DEFAULT_BUDGET_USD": "5.00",
-            "GUNICORN_PRELOAD": "true" if mode == "preload" else "false",
+            "GUNICORN_PRELOAD": "false" if mode == "no-preload" else "true",
         }
         with gunicorn_app(Path(tempfile.mkdtemp()), env, users, proxy=False) as app:
             sessions = [app.login(name) for name, _ in users]

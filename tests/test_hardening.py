@@ -164,3 +164,48 @@ def test_hsts_covers_subdomains_and_preload_only_when_asked():
         },
     )
     assert clean.returncode == 0, clean.stdout + clean.stderr
+
+
+PRE_FORK = """
+import runpy, sys
+from types import SimpleNamespace
+import django
+django.setup()
+config = runpy.run_path("gunicorn.conf.py")
+assert config["preload_app"] and config["wsgi_app"] == "chatusage.asgi:application"
+import chatusage.asgi  # what gunicorn's preload imports
+from django.db import connection
+connection.ensure_connection()
+before = "chat.views" in sys.modules
+config["pre_fork"](SimpleNamespace(cfg=SimpleNamespace(preload_app=True)), None)
+import gc
+print(before, "chat.views" in sys.modules, "posthog.ai.openai" in sys.modules,
+      connection.connection is None, gc.get_freeze_count() > 0)
+"""
+
+
+def test_the_preloading_master_forks_workers_with_the_app_imported_and_no_connection(tmp_path):
+    """gunicorn.conf.py's pre_fork: what a worker would import on its first request is
+    loaded before the fork, no database connection is inherited, the GC is frozen."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "chatusage.settings",
+        "SECRET_KEY": "pre-fork-test",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", PRE_FORK],
+        cwd=django_settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False", "True", "True", "True", "True"]
