@@ -3,7 +3,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import DatabaseError, connection, connections, transaction
 from django.utils import timezone
 
 from tests.conftest import set_budget
@@ -239,7 +239,7 @@ def test_a_failed_statement_rolls_the_reservation_back_and_the_connection_stays_
     from usage import sql
 
     monkeypatch.setattr(sql, "INSERT_SQL", sql.INSERT_SQL.replace(sql.GENERATION, "no_such"))
-    with pytest.raises(Exception, match="no_such"):
+    with pytest.raises(DatabaseError, match="no_such"):  # Django's class, on both databases
         reserve(alice, "gpt-4o-mini", MESSAGES, 50)
     monkeypatch.undo()
     assert not connection.in_atomic_block
@@ -247,3 +247,15 @@ def test_a_failed_statement_rolls_the_reservation_back_and_the_connection_stays_
     assert Generation.objects.filter(user=alice).count() == 1
     settle(reservation, TokenUsage(10, 0, 5))
     assert DailyUsage.objects.get(user=alice).generations == 1
+
+
+def test_the_query_log_sees_every_ledger_statement(alice):
+    """DEBUG's query log and CaptureQueriesContext miss nothing, pipelined or not."""
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        settle(reserve(alice, "gpt-4o-mini", MESSAGES, 50), TokenUsage(10, 0, 5))
+    logged = " ".join(query["sql"] for query in queries.captured_queries)
+    assert "INSERT INTO usage_generation" in logged
+    assert "UPDATE usage_generation" in logged
+    assert "INSERT INTO usage_dailyusage" in logged
