@@ -11,6 +11,7 @@ import pytest
 import responses
 from django.test import Client
 
+from tests.e2e.servers import QUERY_COLUMNS
 from usage import reports
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.limits import TokenUsage, reserve, settle
@@ -47,19 +48,9 @@ def posthog_body_for(generations, tz):
                 + g.cached_input_tokens * price["$ai_cache_read_token_price"]
                 + g.output_tokens * price["$ai_output_token_price"]
             )
-    columns = [
-        "day",
-        "model",
-        "is_error",
-        "generations",
-        "input_tokens",
-        "cached_input_tokens",
-        "output_tokens",
-        "cost_usd",
-    ]
     results = [[d, m, e, *values] for (d, m, e), values in sorted(groups.items())]
     return {
-        "columns": columns,
+        "columns": QUERY_COLUMNS,
         "results": results,
         "is_cached": False,
         "types": [],

@@ -36,21 +36,7 @@ PER_MESSAGE_OVERHEAD_TOKENS = 8
 REPLY_PRIMING_TOKENS = 8
 BYTES_PER_TOKEN_ESTIMATE = 4  # only for answers whose provider reported no usage
 ERROR_TEXT_LIMIT = 2000
-SETTLEMENT_FIELDS = [
-    "user_id",
-    "model",
-    "status",
-    "cost",
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "cost_estimated",
-    "exceeded_reservation",
-    "latency_ms",
-    "http_status",
-    "settled_at",
-    "error",
-]
+SETTLEMENT_FIELDS = ["user_id", "model", *sql.SETTLED_FIELDS]
 
 
 @dataclass(frozen=True)
