@@ -207,6 +207,11 @@ QUERY_COLUMNS = [
 
 
 class _QueryHandler(_Quiet):
+    def setup(self):
+        super().setup()
+        with self.owner.lock:
+            self.owner.connections += 1
+
     def do_POST(self):
         owner: FakePostHogQuery = self.owner
         request = json.loads(self._body())
@@ -248,10 +253,12 @@ class _QueryHandler(_Quiet):
 class FakePostHogQuery(_Server):
     """PostHog's query API (POST /api/projects/<id>/query/). mode: ok, slow (answers after
     `delay` s), drip (a byte every `delay` s) or 500. `results` are the rows it answers;
-    `queries` what it was asked; `check(query, values)` vets each HogQL text."""
+    `queries` what it was asked, over `connections` TCP connections; `check(query, values)`
+    vets each HogQL text."""
 
     def __init__(self, check=None):
         self.mode = "ok"
+        self.connections = 0
         self.delay = 1.0
         self.results: list[list] = []
         self.queries: list[dict] = []

@@ -49,6 +49,21 @@ def test_a_posthog_slow_to_answer_is_cut_at_the_query_timeout(alice_client, post
     assert report["source"] == "ledger"
 
 
+def test_queries_reuse_their_connection_to_posthog(posthog):
+    """A new TLS handshake per query would cost PostHog's cloud a round trip or three."""
+    from datetime import date
+
+    from usage import hogql
+    from usage.cycles import cycle_containing
+
+    posthog.results = [["2026-11-02", "gpt-4o-mini", False, 3, 300, 0, 90, 0.0001]]
+    values = reports.query_values(42, cycle_containing(1, date(2026, 11, 2)))
+    for _ in range(3):
+        result = hogql.run(reports.USAGE_QUERY, values, "usage")
+        assert result.rows[0]["generations"] == 3
+    assert (len(posthog.queries), posthog.connections) == (3, 1)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_cold_pages_at_once_ask_posthog_once(asgi_server, alice, posthog):
     """Eight tabs open /usage/ at the same moment, nothing cached: one query reaches PostHog;
