@@ -101,7 +101,6 @@ def _read_by(response: requests.Response, deadline: float) -> bytes:
     raw = response.raw
     sock = getattr(getattr(raw, "connection", None), "sock", None)
     chunks = []
-    complete = False
     try:
         while True:
             left = deadline - time.monotonic()
@@ -111,7 +110,6 @@ def _read_by(response: requests.Response, deadline: float) -> bytes:
                 sock.settimeout(left)
             chunk = raw.read1(64 * 1024, decode_content=True)
             if not chunk:
-                complete = True
                 return b"".join(chunks)
             chunks.append(chunk)
     except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -119,10 +117,9 @@ def _read_by(response: requests.Response, deadline: float) -> bytes:
             raise PostHogUnavailable("PostHog did not answer in time.") from exc
         raise PostHogUnavailable(f"PostHog could not be read ({type(exc).__name__}).") from exc
     finally:
-        if complete:  # read to the end: the connection serves the next query
-            raw.release_conn()
-        else:  # cut off half way: nobody may read the rest of this answer as the next one's
-            response.close()
+        # Read to the end, urllib3 has already put the connection back for the next query;
+        # cut off half way, this closes it, so nobody reads the rest as another answer.
+        response.close()
 
 
 def run(query: str, values: dict[str, Any], name: str, refresh: str = "blocking") -> QueryResult:
