@@ -35,9 +35,8 @@ def pre_fork(server, worker):
     from django.db import connections
     from django.urls import get_resolver
 
-    import chat.llm  # noqa: F401
-
-    get_resolver().url_patterns  # noqa: B018 (imports the URLconf and every view)
+    # The URLconf imports every view, and the chat views the OpenAI SDK and PostHog's wrapper.
+    get_resolver().url_patterns  # noqa: B018
     connections.close_all()
     gc.freeze()
 

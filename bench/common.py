@@ -7,7 +7,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,26 +43,19 @@ def setup_django(database_url: str | None = None, **env) -> Path:
     return workdir
 
 
-PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
-
-
 @contextmanager
 def postgres_database():
     """A new PostgreSQL database for one benchmark, dropped afterwards: yields its URL."""
-    import psycopg
+    from tests.e2e.launch import fresh_database
 
-    name = f"chatusage_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgres://postgres@127.0.0.1:5432/{name}"
-    finally:
-        if "django" in sys.modules:
-            from django.db import connections
+    with fresh_database("chatusage_bench") as name:
+        try:
+            yield f"postgres://postgres@127.0.0.1:5432/{name}"
+        finally:
+            if "django" in sys.modules:
+                from django.db import connections
 
-            connections.close_all()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                connections.close_all()
 
 
 @contextmanager

@@ -11,14 +11,13 @@ saw at once, the most pooled PostgreSQL connections, and the slowest /healthz du
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from bench.common import ROOT, emit
+from bench.common import ROOT, emit, server_process
 
 STREAMS = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 STREAM_SECONDS = 3.0
@@ -85,58 +84,49 @@ def main():
     if not postgres_answers():
         emit(bench="streams", skipped="PostgreSQL is not answering")
         return
-    model = subprocess.Popen(
-        [sys.executable, "-m", "tests.e2e.servers", "model", str(STREAM_SECONDS), str(CHUNKS)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    model_url = model.stdout.readline().strip()
     sink = CaptureSink()
-    env = fake_model_env(model_url, POSTHOG_API_KEY="phc_bench", POSTHOG_HOST=sink.url)
     # A budget (the load model's calls cost up to $1): settles watch for alerts, as with
     # production's default budget.
     users = [(f"s{i}", "100000") for i in range(USERS)]
     try:
-        with gunicorn_app(Path(tempfile.mkdtemp()), env, users, proxy=False) as app:
-            sessions = [app.login(name) for name, _ in users]
-            logins = [(dict(s.cookies), dict(s.headers)) for s in sessions]
-            for _ in range(4):  # warm both workers: first calls build clients, open pools
-                asyncio.run(load(app.url, logins, 2))
-            lone = [asyncio.run(load(app.url, logins, 1))[0]["seconds"] for _ in range(5)]
-            stop = threading.Event()
-            health, connections = [], []
+        with server_process("model", str(STREAM_SECONDS), str(CHUNKS)) as model_url:
+            env = fake_model_env(model_url, POSTHOG_API_KEY="phc_bench", POSTHOG_HOST=sink.url)
+            with gunicorn_app(Path(tempfile.mkdtemp()), env, users, proxy=False) as app:
+                sessions = [app.login(name) for name, _ in users]
+                logins = [(dict(s.cookies), dict(s.headers)) for s in sessions]
+                for _ in range(4):  # warm both workers: first calls build clients, open pools
+                    asyncio.run(load(app.url, logins, 2))
+                lone = [asyncio.run(load(app.url, logins, 1))[0]["seconds"] for _ in range(5)]
+                stop = threading.Event()
+                health, connections = [], []
 
-            def watch():
-                while not stop.is_set():
-                    started = time.monotonic()
-                    try:
-                        requests.get(f"{app.url}/healthz", timeout=10)
-                    finally:
-                        health.append(time.monotonic() - started)
-                    connections.extend(
-                        count
-                        for (count,) in app.sql(
-                            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                            "AND pid <> pg_backend_pid() AND application_name <> %s",
-                            app.dbname,
-                            HEALTH_APPLICATION_NAME,
+                def watch():
+                    while not stop.is_set():
+                        started = time.monotonic()
+                        try:
+                            requests.get(f"{app.url}/healthz", timeout=10)
+                        finally:
+                            health.append(time.monotonic() - started)
+                        connections.extend(
+                            count
+                            for (count,) in app.sql(
+                                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                                "AND pid <> pg_backend_pid() AND application_name <> %s",
+                                app.dbname,
+                                HEALTH_APPLICATION_NAME,
+                            )
                         )
-                    )
-                    stop.wait(0.25)
+                        stop.wait(0.25)
 
-            watcher = threading.Thread(target=watch, daemon=True)
-            watcher.start()
-            started = time.monotonic()
-            results = asyncio.run(load(app.url, logins, STREAMS))
-            elapsed = time.monotonic() - started
-            stop.set()
-            watcher.join()
-            stats = json.loads(requests.get(f"{model_url}/stats", timeout=5).text)
+                watcher = threading.Thread(target=watch, daemon=True)
+                watcher.start()
+                started = time.monotonic()
+                results = asyncio.run(load(app.url, logins, STREAMS))
+                elapsed = time.monotonic() - started
+                stop.set()
+                watcher.join()
+                stats = json.loads(requests.get(f"{model_url}/stats", timeout=5).text)
     finally:
-        model.stdin.close()
-        model.wait(timeout=10)
         sink.stop()
     done = [r for r in results if r["end"] == "done"]
     seconds = [r["seconds"] for r in done]

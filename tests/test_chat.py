@@ -11,10 +11,10 @@ from django.core.signals import request_finished
 from django.db import close_old_connections
 from django.test import Client, RequestFactory
 
-from chat import views
+from chat import services, views
 from chat.models import Conversation, Message
 from tests.conftest import hold_budget, set_budget
-from usage.models import DailyUsage, Generation
+from usage.models import Alert, DailyUsage, Generation
 
 API = "/api/chat/"
 
@@ -532,8 +532,6 @@ def test_an_answer_without_usage_is_recorded_at_a_flagged_estimate(
 
 def test_a_refused_chat_message_still_records_its_alert(alice_client, alice, openai_mock):
     """The refusal is raised after the turn's transaction commits what reserve() recorded."""
-    from usage.models import Alert
-
     set_budget(alice, "0.01")
     hold_budget(alice, "0.0099999")
     assert post(alice_client, {"prompt": "one more"}).status_code == 429
@@ -542,7 +540,6 @@ def test_a_refused_chat_message_still_records_its_alert(alice_client, alice, ope
 
 def test_a_prompt_that_cannot_be_saved_holds_no_budget(alice, openai_mock, monkeypatch):
     """Reservation and prompt commit together: a failed save leaves neither behind."""
-    from chat import services
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -556,8 +553,6 @@ def test_a_prompt_that_cannot_be_saved_holds_no_budget(alice, openai_mock, monke
 
 def test_an_answer_that_cannot_be_saved_is_still_billed(alice, openai_mock, monkeypatch):
     """Settle and answer share a transaction; if it fails, the call is settled on its own."""
-    from chat import services
-
     turn = services._start_turn(alice, "Hello")
 
     def failing(manager, **fields):

@@ -169,8 +169,6 @@ def test_hsts_covers_subdomains_and_preload_only_when_asked():
 PRE_FORK = """
 import runpy, sys
 from types import SimpleNamespace
-import django
-django.setup()
 config = runpy.run_path("gunicorn.conf.py")
 assert config["preload_app"] and config["wsgi_app"] == "chatusage.asgi:application"
 import chatusage.asgi  # what gunicorn's preload imports
@@ -187,25 +185,7 @@ print(before, "chat.views" in sys.modules, "posthog.ai.openai" in sys.modules,
 def test_the_preloading_master_forks_workers_with_the_app_imported_and_no_connection(tmp_path):
     """gunicorn.conf.py's pre_fork: what a worker would import on its first request is
     loaded before the fork, no database connection is inherited, the GC is frozen."""
-    import os
-    import subprocess
-    import sys
-
-    from django.conf import settings as django_settings
-
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "chatusage.settings",
-        "SECRET_KEY": "pre-fork-test",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", PRE_FORK],
-        cwd=django_settings.BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = {**PRODUCTION_ENV, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    result = _manage("shell", "--no-imports", "-c", PRE_FORK, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["False", "True", "True", "True", "True"]

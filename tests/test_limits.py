@@ -4,10 +4,11 @@ from decimal import Decimal
 
 import pytest
 from django.db import DatabaseError, connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from tests.conftest import set_budget
-from usage import limits
+from usage import limits, sql
 from usage.limits import TokenUsage, UsageLimitReached, reserve, settle
 from usage.models import DailyUsage, Generation, ModelPrice, UsageAccount
 
@@ -236,8 +237,6 @@ def test_a_failed_statement_rolls_the_reservation_back_and_the_connection_stays_
     alice, monkeypatch
 ):
     """A batch that fails half way (here: the insert) leaves nothing behind."""
-    from usage import sql
-
     monkeypatch.setattr(sql, "INSERT_SQL", sql.INSERT_SQL.replace(sql.GENERATION, "no_such"))
     with pytest.raises(DatabaseError, match="no_such"):  # Django's class, on both databases
         reserve(alice, "gpt-4o-mini", MESSAGES, 50)
@@ -251,8 +250,6 @@ def test_a_failed_statement_rolls_the_reservation_back_and_the_connection_stays_
 
 def test_the_query_log_sees_every_ledger_statement(alice):
     """DEBUG's query log and CaptureQueriesContext miss nothing, pipelined or not."""
-    from django.test.utils import CaptureQueriesContext
-
     with CaptureQueriesContext(connection) as queries:
         settle(reserve(alice, "gpt-4o-mini", MESSAGES, 50), TokenUsage(10, 0, 5))
     logged = " ".join(query["sql"] for query in queries.captured_queries)

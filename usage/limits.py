@@ -271,6 +271,18 @@ def spend_for(account: UsageAccount, cycle: Cycle, include_pending: bool = True)
 LONGEST_CYCLE = timedelta(days=31)
 
 
+def _recent_spend(user_id: int, now: datetime):
+    """The spend read for a transaction that does not know the account's cycle yet."""
+    return sql.spend(user_id, local_day(now) - LONGEST_CYCLE, stale_before(now))
+
+
+def _standing(user_id: int, now: datetime, account_row, spend_rows):
+    """The account and its current cycle's spend from lock_account's and _recent_spend's
+    rows: (account, Spend, calls past their deadline)."""
+    account = sql.account_from(user_id, account_row)
+    return account, *_cycle_spend(spend_rows, account, cycle_for(account, now))
+
+
 def _locked_spend(user_id: int, now: datetime, hold=None) -> tuple[UsageAccount, Spend, bool]:
     """Lock the user's account and read where they stand, then run `hold` (a reservation's
     insert), all in one round trip on PostgreSQL. Call inside a transaction.
@@ -282,12 +294,11 @@ def _locked_spend(user_id: int, now: datetime, hold=None) -> tuple[UsageAccount,
     """
     account_rows, spend_rows, *_ = sql.batch(
         sql.lock_account(user_id),
-        sql.spend(user_id, local_day(now) - LONGEST_CYCLE, stale_before(now)),
+        _recent_spend(user_id, now),
         *([hold] if hold else []),
     )
     if account_rows:
-        account = sql.account_from(user_id, account_rows[0])
-        spend, stale = _cycle_spend(spend_rows, account, cycle_for(account, now))
+        account, spend, stale = _standing(user_id, now, account_rows[0], spend_rows)
         if not stale:
             return account, spend, hold is not None
     if hold:
@@ -456,12 +467,11 @@ def settle(
             account_rows, *settled, spend_rows = sql.batch(
                 sql.lock_account(user_id),
                 *statements,
-                sql.spend(user_id, local_day(now) - LONGEST_CYCLE, stale_before(now)),
+                _recent_spend(user_id, now),
             )
             won = bool(settled[-1])
             if won and account_rows:
-                account = sql.account_from(user_id, account_rows[0])
-                spend, _ = _cycle_spend(spend_rows, account, cycle_for(account, now))
+                account, spend, _ = _standing(user_id, now, account_rows[0], spend_rows)
                 alerts.after_settle(account, spend.cycle, spend.settled_cost, fields["cost"])
     else:
         # PostgreSQL settles in one statement; SQLite's two need a transaction.

@@ -37,6 +37,20 @@ def _psycopg(dbname="postgres"):
     return psycopg.connect(dbname=dbname, autocommit=True, connect_timeout=5, **PG)
 
 
+@contextmanager
+def fresh_database(prefix: str):
+    """A new, empty PostgreSQL database, dropped afterwards with whatever still holds it
+    open: yields its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with _psycopg() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with _psycopg() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 SETUP_SCRIPT = """
 import json
 from decimal import Decimal
@@ -132,75 +146,71 @@ def gunicorn_app(
     settings; `users` are (name, budget) pairs, all with the password "load-pass-2026". The
     database is dropped afterwards.
     """
-    dbname = f"chatusage_e2e_{uuid.uuid4().hex[:10]}"
-    with _psycopg() as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-    proxy = TcpProxy(PG["host"], PG["port"]) if proxy else None
-    db_port = proxy.port if proxy else PG["port"]
-    port = free_port()
-    cache_url = "redis://127.0.0.1:6379/7" if _answers("127.0.0.1", 6379) else "locmem://"
-    full_env = {
-        "PATH": os.environ["PATH"],
-        "DEBUG": "false",
-        "SECRET_KEY": "e2e-" + uuid.uuid4().hex * 2,
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "SECURE_SSL_REDIRECT": "false",
-        "SECURE_COOKIES": "false",
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:{db_port}/{dbname}",
-        "CACHE_URL": cache_url,
-        "USAGE_DEFAULT_BUDGET_USD": "0",
-        "CHAT_RATE_LIMIT": "100000/60",
-        "STATIC_ROOT": str(workdir / "static"),
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": str(workers),
-        "GUNICORN_ACCESS_LOG": "",
-        "LOG_LEVEL": "WARNING",
-        **env,
-    }
-    if cache_url.startswith("redis"):
-        import redis
+    with fresh_database("chatusage_e2e") as dbname:
+        proxy = TcpProxy(PG["host"], PG["port"]) if proxy else None
+        db_port = proxy.port if proxy else PG["port"]
+        port = free_port()
+        cache_url = "redis://127.0.0.1:6379/7" if _answers("127.0.0.1", 6379) else "locmem://"
+        full_env = {
+            "PATH": os.environ["PATH"],
+            "DEBUG": "false",
+            "SECRET_KEY": "e2e-" + uuid.uuid4().hex * 2,
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "SECURE_SSL_REDIRECT": "false",
+            "SECURE_COOKIES": "false",
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:{db_port}/{dbname}",
+            "CACHE_URL": cache_url,
+            "USAGE_DEFAULT_BUDGET_USD": "0",
+            "CHAT_RATE_LIMIT": "100000/60",
+            "STATIC_ROOT": str(workdir / "static"),
+            "GUNICORN_BIND": f"127.0.0.1:{port}",
+            "GUNICORN_WORKERS": str(workers),
+            "GUNICORN_ACCESS_LOG": "",
+            "LOG_LEVEL": "WARNING",
+            **env,
+        }
+        if cache_url.startswith("redis"):
+            import redis
 
-        redis.Redis(port=6379, db=7).flushdb()
-    _manage(full_env, "migrate", "--noinput", "-v0")
-    _manage(full_env, "collectstatic", "--noinput", "-v0")
-    output = _manage(
-        full_env,
-        "shell",
-        "--no-imports",
-        "-c",
-        SETUP_SCRIPT % {"model": LOAD_MODEL, "users": users},
-    )
-    ids = json.loads(output.strip().splitlines()[-1])
-    log = open(workdir / "gunicorn.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
-        cwd=ROOT,
-        env=full_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            # Not listening yet, or its first request (cold imports) is slow on a busy machine.
-            except requests.RequestException:
-                pass
-            assert process.poll() is None, "gunicorn exited"
-            assert time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.2)
-        yield App(url, full_env, process, proxy, dbname, ids)
-    finally:
-        process.send_signal(signal.SIGTERM)
+            redis.Redis(port=6379, db=7).flushdb()
+        _manage(full_env, "migrate", "--noinput", "-v0")
+        _manage(full_env, "collectstatic", "--noinput", "-v0")
+        output = _manage(
+            full_env,
+            "shell",
+            "--no-imports",
+            "-c",
+            SETUP_SCRIPT % {"model": LOAD_MODEL, "users": users},
+        )
+        ids = json.loads(output.strip().splitlines()[-1])
+        log = open(workdir / "gunicorn.log", "w")  # noqa: SIM115
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-        if proxy:
-            proxy.cut()
-        with _psycopg() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                        break
+                # Not listening yet, or its first request (cold imports) is slow on a busy machine.
+                except requests.RequestException:
+                    pass
+                assert process.poll() is None, "gunicorn exited"
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.2)
+            yield App(url, full_env, process, proxy, dbname, ids)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+            if proxy:
+                proxy.cut()
