@@ -193,6 +193,23 @@ def deadline_error() -> ProviderError:
     )
 
 
+# No token of any OpenAI tokenizer is longer than this many characters: an answer longer than
+# max_tokens of them is more than the provider may send (and more than was reserved).
+MAX_CHARS_PER_TOKEN = 64
+
+
+def max_answer_chars() -> int:
+    return settings.OPENAI_MAX_TOKENS * MAX_CHARS_PER_TOKEN
+
+
+def overflow_error() -> ProviderError:
+    log.warning("Model stream cut: longer than OPENAI_MAX_TOKENS allows")
+    return ProviderError(
+        "provider_overflow",
+        "The model sent more than one answer may hold, so it was cut there.",
+    )
+
+
 def _remaining(until: float) -> float:
     return until - time.monotonic()
 
@@ -276,7 +293,9 @@ class Stream:
     _stream: object
     _started: float
     _until: float
+    max_chars: int  # more than max_tokens can make: the provider is not keeping to it
     parts: list[str] = field(default_factory=list)
+    size: int = 0  # characters received
     usage: TokenUsage | None = None
     finish_reason: str | None = None
     result: Completion | None = None
@@ -286,6 +305,10 @@ class Stream:
 
     async def __anext__(self) -> str:
         while True:
+            # A chunk already buffered arrives without waiting, so the timeout below would
+            # never strike while a provider floods us: check the deadline itself first.
+            if _remaining(self._until) <= 0:
+                raise deadline_error()
             try:
                 async with asyncio.timeout(_remaining(self._until)):
                     chunk = await anext(self._stream)
@@ -306,6 +329,9 @@ class Stream:
             delta = clean_text(delta)
             if delta:
                 self.parts.append(delta)
+                self.size += len(delta)
+                if self.size > self.max_chars:
+                    raise overflow_error()
                 return delta
 
     def completion(self) -> Completion:
@@ -345,4 +371,4 @@ async def stream(messages: list[dict], *, until: float, **context) -> Stream:
         raise deadline_error() from exc
     except (openai.OpenAIError, ValueError, TypeError) as exc:
         raise provider_error(exc) from exc
-    return Stream(raw, started, until)
+    return Stream(raw, started, until, max_answer_chars())

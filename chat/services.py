@@ -10,7 +10,10 @@ releases it once no call could still be running (usage.limits.stale_before).
 """
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -56,6 +59,7 @@ class Turn:
     reservation: limits.Reservation
     provider: llm.Provider
     streaming: bool = False  # stream_events() has started: it settles, however it ends
+    concluding: bool = False  # the stream's relay is settling: it must not be cancelled
 
 
 def clean_prompt(value) -> str:
@@ -276,6 +280,18 @@ def _fail(turn: Turn, error: llm.ProviderError, latency_ms: int | None = None) -
 
 NOT_ANSWERED = "The client went away before an answer."
 
+log = logging.getLogger(__name__)
+
+# Settling steps run as tasks of their own (so a cancelled request still completes them);
+# a reference is kept until each ends, and a failure is logged, not lost with the task.
+_settling: set[asyncio.Task] = set()
+
+
+def _settled(task: asyncio.Task) -> None:
+    _settling.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("A settling step failed", exc_info=task.exception())
+
 
 async def _settle(fn, *args, **kwargs):
     """A settling step that finishes even if the request is cancelled meanwhile.
@@ -283,32 +299,64 @@ async def _settle(fn, *args, **kwargs):
     A client that goes away cancels the request's task; the write still completes (in
     its own task) and the cancellation is re-raised to the caller afterwards.
     """
-    return await asyncio.shield(step(fn, *args, **kwargs))
+    task = asyncio.ensure_future(step(fn, *args, **kwargs))
+    _settling.add(task)
+    task.add_done_callback(_settled)
+    return await asyncio.shield(task)
+
+
+async def _keep_leased(reservation: limits.Reservation) -> None:
+    """Renew the reservation's lease while the turn runs, however long it takes."""
+    while True:
+        await asyncio.sleep(settings.RESERVATION_LEASE_SECONDS / 3)
+        try:
+            await step(limits.renew_lease, reservation)
+        except Exception:  # the next renewal tries again; the lease outlasts two misses
+            log.warning("Renewing a reservation's lease failed", exc_info=True)
+
+
+@asynccontextmanager
+async def _leased(turn: Turn):
+    renewals = asyncio.create_task(_keep_leased(turn.reservation))
+    try:
+        yield
+    finally:
+        renewals.cancel()
 
 
 async def answer(turn: Turn) -> Answer:
     """Call the model without streaming and settle. Raises ChatError on provider failure."""
-    try:
-        completion = await llm.complete(turn.messages, until=llm.deadline(), **_call_context(turn))
-    except llm.ProviderError as exc:
-        raise await _settle(_fail, turn, exc) from exc
-    except BaseException:  # cancelled: the client went away while the model worked
-        await _settle(limits.settle, turn.reservation, error=NOT_ANSWERED)
-        raise
-    return await _settle(_finish, turn, completion)
+    async with _leased(turn):
+        try:
+            completion = await llm.complete(
+                turn.messages, until=llm.deadline(), **_call_context(turn)
+            )
+        except llm.ProviderError as exc:
+            raise await _settle(_fail, turn, exc) from exc
+        except asyncio.CancelledError:  # the client went away while the model worked
+            await _settle(limits.settle, turn.reservation, error=NOT_ANSWERED)
+            raise
+        except Exception as exc:  # a bug of ours: the call costs nothing, the error goes on
+            await _settle(limits.settle, turn.reservation, error=f"Failed: {type(exc).__name__}")
+            raise
+        return await _settle(_finish, turn, completion)
+
+
+_END = ("end", None)
 
 
 async def stream_events(turn: Turn) -> AsyncIterator[tuple[str, dict]]:
     """(event, data) pairs for server-sent events. Settles however the stream ends.
 
-    A provider error or the deadline after some text settles what was delivered
-    (estimated, flagged), keeps it as the answer and reports the error beside it. When
-    the client goes away the server cancels or closes this generator; the finally block
-    then settles what was delivered the same way, so no reservation is left behind.
+    The model's stream is read by a task of its own (_relay), which settles the turn by the
+    deadline whatever the client does: a client that stops reading cannot keep a call, or
+    its hold on the budget, open past it. This generator only passes on what the relay
+    read, joining the deltas that arrived together into one event. When the client goes
+    away the server closes this generator; the relay is then stopped and settles what
+    arrived, and the generator waits for that.
     """
     turn.streaming = True
-    settled = False
-    stream = None
+    relay = None
     try:
         yield (
             "start",
@@ -319,31 +367,74 @@ async def stream_events(turn: Turn) -> AsyncIterator[tuple[str, dict]]:
                 "demo": turn.provider.demo,
             },
         )
-        stream = await llm.stream(turn.messages, until=llm.deadline(), **_call_context(turn))
-        async for delta in stream:
-            yield "delta", {"text": delta}
-        settled = True  # set first: the shielded step completes even if we are cancelled
-        done = await _settle(_finish, turn, stream.result)
-        yield "done", _done_event(done)
-    except llm.ProviderError as exc:
-        if stream is not None:
-            await asyncio.shield(stream.close())
-        if stream is not None and stream.parts:
-            settled = True
-            partial = await _settle(_finish, turn, stream.completion(), True, exc)
-            yield "error", {"error": exc.message, "code": exc.code, **_done_event(partial)}
-        else:
-            settled = True
-            error = await _settle(_fail, turn, exc, stream.latency_ms if stream else None)
-            yield "error", error.as_dict()
+        queue: asyncio.Queue = asyncio.Queue()
+        relay = asyncio.create_task(_relay(turn, queue))
+        while True:
+            events = [await queue.get()]
+            while not queue.empty():
+                events.append(queue.get_nowait())
+            text = "".join(data for event, data in events if event == "delta")
+            if text:
+                yield "delta", {"text": text}
+            for event, data in events:
+                if event == "end":
+                    return
+                if event != "delta":
+                    yield event, data
     finally:
-        if not settled:
-            if stream is not None:
-                await asyncio.shield(stream.close())
-            if stream is not None and stream.parts:
-                await _settle(_finish, turn, stream.completion(), True)
-            else:
-                await _settle(limits.settle, turn.reservation, error=NOT_ANSWERED)
+        if relay is None:
+            await _settle(limits.settle, turn.reservation, error=NOT_ANSWERED)
+        else:
+            if not turn.concluding:
+                relay.cancel()
+            await asyncio.wait([relay])  # its settling, even if we are cancelled again
+
+
+async def _relay(turn: Turn, queue: asyncio.Queue) -> None:
+    """Read the model's stream into `queue` within the deadline, then settle and put the
+    closing event (done or error). Cancelled (the client went away), it settles what
+    arrived."""
+    stream, error = None, None
+    until = llm.deadline()
+    async with _leased(turn):
+        try:
+            try:
+                # The deadline is a wall for the whole read, not only for each chunk.
+                async with asyncio.timeout(until - time.monotonic()):
+                    stream = await llm.stream(turn.messages, until=until, **_call_context(turn))
+                    async for delta in stream:
+                        queue.put_nowait(("delta", delta))
+            except TimeoutError:
+                error = llm.deadline_error()
+            except llm.ProviderError as exc:
+                error = exc
+        except asyncio.CancelledError:
+            turn.concluding = True
+            await _conclude(turn, stream, None)
+            raise
+        turn.concluding = True  # from here on the turn is settling: nobody cancels it
+        closing = await _conclude(turn, stream, error)
+    queue.put_nowait(closing)
+    queue.put_nowait(_END)
+
+
+async def _conclude(turn: Turn, stream: llm.Stream | None, error: llm.ProviderError | None):
+    """Settle a streamed turn: its closing event, or None when the client went away."""
+    if stream is not None and stream.result is None:
+        await asyncio.shield(stream.close())
+    if stream is not None and stream.result is not None and error is None:
+        done = await _settle(_finish, turn, stream.result)
+        return "done", _done_event(done)
+    if stream is not None and stream.parts:
+        partial = await _settle(_finish, turn, stream.completion(), True, error)
+        if error is None:
+            return None
+        return "error", {"error": error.message, "code": error.code, **_done_event(partial)}
+    if error is None:
+        await _settle(limits.settle, turn.reservation, error=NOT_ANSWERED)
+        return None
+    failure = await _settle(_fail, turn, error, stream.latency_ms if stream else None)
+    return "error", failure.as_dict()
 
 
 def _done_event(answer: Answer) -> dict:

@@ -264,11 +264,15 @@ OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
 OPENAI_MODEL = env.str("OPENAI_MODEL", default="gpt-4o-mini")
 OPENAI_MAX_TOKENS = env.int("OPENAI_MAX_TOKENS", default=500)
 OPENAI_TIMEOUT = env.float("OPENAI_TIMEOUT", default=30.0)  # one connect or read
-# The hard limit on one call, retries, Retry-After waits and streaming included. A
-# reservation outlives it by RESERVATION_MARGIN_SECONDS, so no live call loses its hold.
+# The hard limit on one turn: the call, its retries and Retry-After waits, and the stream,
+# however slowly the client reads it. At the deadline the turn is cut and settled.
 OPENAI_DEADLINE = env.float("OPENAI_DEADLINE", default=120.0)
-RESERVATION_MARGIN_SECONDS = 60
-for _name in ("OPENAI_MAX_TOKENS", "OPENAI_TIMEOUT", "OPENAI_DEADLINE"):
+# A reservation is a lease: the turn that holds it renews it every third of this while it
+# runs, so a live call never loses its hold, whatever its age. Only a turn that stopped
+# renewing (its worker was killed) lets the lease lapse; the next reserve() then releases it.
+RESERVATION_LEASE_SECONDS = env.float("RESERVATION_LEASE_SECONDS", default=60.0)
+_POSITIVE = ("OPENAI_MAX_TOKENS", "OPENAI_TIMEOUT", "OPENAI_DEADLINE", "RESERVATION_LEASE_SECONDS")
+for _name in _POSITIVE:
     if globals()[_name] <= 0:
         raise ImproperlyConfigured(f"{_name} must be positive (it is {globals()[_name]}).")
 # The model the offline demo answers as; priced like gpt-4o-mini in the price table.

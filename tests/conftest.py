@@ -130,6 +130,17 @@ def staff_client(staff) -> Client:
     return client
 
 
+@pytest.fixture
+def dollar_model(db):
+    """Input is free, output costs $0.01 a token: 100 max tokens = exactly $1.00 worst case."""
+    from usage.models import ModelPrice
+
+    ModelPrice.objects.create(
+        model="dollar-model", input_per_1m=0, cached_input_per_1m=0, output_per_1m=10_000
+    )
+    return "dollar-model"
+
+
 def set_budget(user, budget, message_limit=None):
     account = user.usage_account
     account.budget_usd = Decimal(budget) if budget is not None else None

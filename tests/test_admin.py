@@ -236,3 +236,59 @@ def test_the_admin_index_sums_up_this_cycle(staff_client, alice, bob):
     assert 'id="cycle-summary"' in page and "Top spenders" in page
     assert "1 at or over it" in page
     assert page.index(">alice<") < page.index(">bob<")  # alice spent more
+
+
+def _viewer(django_user_model):
+    """Staff who may look at users and nothing else (auth.view_user only)."""
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", "viewer@example.com", "pw-viewer-1")
+    viewer.is_staff = True
+    viewer.save()
+    viewer.user_permissions.add(Permission.objects.get(codename="view_user"))
+    return viewer
+
+
+def test_staff_who_may_only_view_users_cannot_change_money(client, alice, django_user_model):
+    """B5: with auth.view_user alone, staff raised a budget, blocked and reset an anchor."""
+    client.force_login(_viewer(django_user_model))
+    account = alice.usage_account
+    before = (account.budget_usd, account.blocked, account.billing_anchor)
+    listing = client.get("/admin/auth/user/").content.decode()
+    assert 'value="raise_budget"' not in listing and 'value="block"' not in listing
+    selected = {"_selected_action": [str(alice.pk)], "index": "0"}
+    for action in ("raise_budget", "block", "reset_anchor"):
+        client.post("/admin/auth/user/", {"action": action, "amount": "100", **selected})
+    account.refresh_from_db()
+    assert (account.budget_usd, account.blocked, account.billing_anchor) == before
+    page = client.get(f"/admin/auth/user/{alice.pk}/change/").content.decode()
+    assert 'name="usage_account-0-budget_usd"' not in page  # shown, not editable
+
+
+def test_the_budget_permission_opens_the_money_actions(client, alice, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    viewer = _viewer(django_user_model)
+    viewer.user_permissions.add(Permission.objects.get(codename="change_budget"))
+    client.force_login(viewer)
+    selected = {"_selected_action": [str(alice.pk)], "index": "0"}
+    client.post("/admin/auth/user/", {"action": "raise_budget", "amount": "1", **selected})
+    alice.usage_account.refresh_from_db()
+    assert alice.usage_account.budget_usd == Decimal("6.00")
+
+
+def test_raising_the_budget_of_a_user_with_no_cap_leaves_no_cap(staff_client, alice):
+    set_budget(alice, "0")  # 0 = no cap
+    selected = {"_selected_action": [str(alice.pk)], "index": "0"}
+    response = staff_client.post(
+        "/admin/auth/user/", {"action": "raise_budget", "amount": "2.50", **selected}, follow=True
+    )
+    alice.usage_account.refresh_from_db()
+    assert alice.usage_account.effective_budget == 0
+    assert "no cap, so no budget to raise" in response.content.decode()
+
+
+def test_the_block_action_says_what_it_does(staff_client):
+    listing = staff_client.get("/admin/auth/user/").content.decode()
+    assert "Block: pause chat" in listing
+    assert "Set budget to 0" not in listing  # budget 0 means no cap, the opposite

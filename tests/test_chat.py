@@ -178,8 +178,9 @@ def test_prompts_reach_posthog_only_when_privacy_mode_is_off(
 
 
 def test_a_streamed_answer_arrives_in_pieces_and_settles(
-    alice_client, alice, openai_mock, posthog_capture
+    alice_client, alice, openai_mock, posthog_capture, settings
 ):
+    settings.DEMO_STREAM_DELAY = 0.005  # words arrive apart, as a model sends them
     response = post(alice_client, {"prompt": "Tell me something", "stream": True})
     assert response.status_code == 200
     assert response["Content-Type"] == "text/event-stream"
@@ -202,7 +203,11 @@ def test_a_streamed_answer_arrives_in_pieces_and_settles(
     assert "Tell me something" not in json.dumps(event)
 
 
-def test_a_stream_the_client_leaves_still_settles_and_keeps_the_partial_answer(alice, openai_mock):
+def test_a_stream_the_client_leaves_still_settles_and_keeps_the_partial_answer(
+    alice, openai_mock, settings
+):
+    settings.DEMO_STREAM_DELAY = 0.01  # the model is still sending when the browser leaves
+
     async def scenario():
         response = await stream_directly(alice, "Tell me something")
         parts = aiter(response)

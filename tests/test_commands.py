@@ -148,11 +148,11 @@ def test_reconcile_can_check_an_earlier_cycle(alice, posthog_query, requests_moc
     assert (values["start"], values["end"]) == ("2026-02-15 00:00:00", "2026-03-15 00:00:00")
 
 
-def test_expire_reservations_marks_stale_pending_rows_abandoned(alice):
+def test_expire_reservations_marks_pending_rows_with_a_lapsed_lease_abandoned(alice):
     reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
     fresh = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
     Generation.objects.filter(pk=reservation.generation_id).update(
-        created_at=timezone.now() - timedelta(hours=1)
+        lease_until=timezone.now() - timedelta(seconds=1)
     )
     assert run("expire_reservations").strip() == "Marked 1 stale reservation(s) abandoned."
     assert Generation.objects.get(pk=reservation.generation_id).status == "abandoned"

@@ -10,18 +10,9 @@ from django.utils import timezone
 from tests.conftest import set_budget
 from usage import limits, sql
 from usage.limits import TokenUsage, UsageLimitReached, reserve, settle
-from usage.models import DailyUsage, Generation, ModelPrice, UsageAccount
+from usage.models import DailyUsage, Generation, UsageAccount
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
-
-
-@pytest.fixture
-def dollar_model(db):
-    """Input is free, output costs $0.01 a token: 100 max tokens = exactly $1.00 worst case."""
-    ModelPrice.objects.create(
-        model="dollar-model", input_per_1m=0, cached_input_per_1m=0, output_per_1m=10_000
-    )
-    return "dollar-model"
 
 
 def test_worst_case_input_is_bounded_by_utf8_bytes_plus_overhead():
@@ -123,26 +114,41 @@ def _age(reservation, seconds):
     )
 
 
-def test_a_reservation_holds_for_the_whole_call_deadline(alice, dollar_model, settings):
-    """Older than the old rule (2 x OPENAI_TIMEOUT) but within the deadline: still in flight."""
-    settings.OPENAI_TIMEOUT = 1
-    settings.OPENAI_DEADLINE = 120
+def _lapse(reservation):
+    """What a killed worker leaves: a lease nobody renews any more."""
+    Generation.objects.filter(pk=reservation.generation_id).update(
+        lease_until=timezone.now() - timedelta(seconds=1)
+    )
+
+
+def test_a_renewed_reservation_holds_however_old_it_is(alice, dollar_model, settings):
+    """Age alone never releases a hold: a call past its deadline may still be settling."""
+    settings.OPENAI_DEADLINE = 10
     set_budget(alice, "1.50")
     live = reserve(alice, dollar_model, MESSAGES, 100)
-    _age(live, 119)
+    _age(live, 3600)
+    limits.renew_lease(live)
     with pytest.raises(UsageLimitReached):
         reserve(alice, dollar_model, MESSAGES, 100)
     assert Generation.objects.get(pk=live.generation_id).status == "pending"
 
 
-def test_stale_reservations_are_abandoned_and_stop_holding_budget(alice, dollar_model, settings):
+def test_a_reservation_whose_lease_lapsed_is_abandoned_and_stops_holding(alice, dollar_model):
     set_budget(alice, "1.00")
     stuck = reserve(alice, dollar_model, MESSAGES, 100)
     with pytest.raises(UsageLimitReached):
         reserve(alice, dollar_model, MESSAGES, 100)
-    _age(stuck, settings.OPENAI_DEADLINE + settings.RESERVATION_MARGIN_SECONDS + 1)
+    _lapse(stuck)
     reserve(alice, dollar_model, MESSAGES, 100)
     assert Generation.objects.get(pk=stuck.generation_id).status == "abandoned"
+
+
+def test_renewing_a_settled_reservation_changes_nothing(alice, dollar_model):
+    reservation = reserve(alice, dollar_model, MESSAGES, 100)
+    settle(reservation, error="failed")
+    before = Generation.objects.get(pk=reservation.generation_id).lease_until
+    limits.renew_lease(reservation)
+    assert Generation.objects.get(pk=reservation.generation_id).lease_until == before
 
 
 def test_an_estimate_never_costs_more_than_the_reservation(alice):

@@ -10,10 +10,11 @@ import httpx2
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 
-from chat import demo, services, views
+from chat import demo, llm, services, views
 from chat.models import Message
 from chatusage.db import step
 from tests.conftest import set_budget
+from tests.e2e.servers import endless_frames
 from tests.test_chat import api_request, client_goes_away, parse_sse, post, stream_directly
 from usage.models import Generation, ModelPrice
 
@@ -194,3 +195,81 @@ def test_a_call_slower_than_the_old_expiry_keeps_its_hold(alice, openai_mock, se
     generation = only_generation(alice)
     assert generation.status == "ok"
     assert generation.cost <= budget
+
+
+def endless(delay: float):
+    """A model that streams past any max_tokens, a chunk every `delay` s (0: as fast as it can)."""
+
+    async def handler(request):
+        async def body():
+            for frame in endless_frames():
+                if delay:
+                    await asyncio.sleep(delay)
+                yield frame
+
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    return handler
+
+
+async def settled_row(generation_id, within: float = 60.0) -> Generation:
+    """The generation once it is no longer pending (waits on that, for at most `within` s)."""
+    give_up = time.monotonic() + within
+    while True:
+        generation = await Generation.objects.aget(pk=generation_id)
+        if generation.status != "pending" or time.monotonic() > give_up:
+            return generation
+        await asyncio.sleep(0.05)
+
+
+def test_a_client_that_stops_reading_cannot_keep_a_call_past_its_deadline(
+    alice, openai_mock, dollar_model, settings
+):
+    """B1: the budget held one call; a stream read by nobody kept its hold past the deadline
+    until age expiry released it, and a second call overshot the budget."""
+    settings.OPENAI_MODEL = dollar_model
+    settings.OPENAI_MAX_TOKENS = 100
+    settings.OPENAI_DEADLINE = 1.0
+    set_budget(alice, "1.00")  # exactly one worst case
+    openai_mock.handler = endless(0.02)
+
+    async def scenario():
+        response = await stream_directly(alice, "Tell me everything")
+        parts = aiter(response)
+        await anext(parts)  # start
+        await anext(parts)  # the first words; then the client reads nothing more
+        first = await Generation.objects.filter(user=alice).aget()
+        settled = await settled_row(first.pk)
+        with pytest.raises(services.ChatError) as refused:
+            await services.start_turn(alice, "A second message")
+        await client_goes_away(response, parts)
+        return settled, refused.value
+
+    settled, refused = async_to_sync(scenario)()
+    assert settled.status == "ok" and settled.cost_estimated
+    assert 0 < settled.cost <= settled.reserved_cost
+    assert refused.code == "usage_limit_reached"
+    assert Generation.objects.filter(user=alice).count() == 1
+    answer = Message.objects.get(role="assistant")
+    assert answer.interrupted and answer.content.startswith("more more")
+
+
+def test_a_provider_that_streams_past_max_tokens_is_cut_and_billed_within_the_hold(
+    alice, openai_mock
+):
+    openai_mock.handler = endless(0)  # every chunk is already there: no wait to time out
+    events = stream_events(alice)
+    kind, data = events[-1]
+    assert (kind, data["code"]) == ("error", "provider_overflow")
+    generation = only_generation(alice)
+    assert generation.status == "ok" and generation.cost_estimated
+    assert generation.cost <= generation.reserved_cost
+    assert len(data["response"]) <= llm.max_answer_chars() + len("more ")
+
+
+def test_consecutive_deltas_that_arrived_together_go_out_as_one_event(alice, openai_mock):
+    openai_mock.answer(content=b"".join(demo.reply(b'{"stream": true, "messages": []}').frames))
+    events = stream_events(alice)
+    deltas = [data["text"] for kind, data in events if kind == "delta"]
+    assert events[-1][0] == "done"
+    assert "".join(deltas) == events[-1][1]["response"]

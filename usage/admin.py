@@ -145,6 +145,12 @@ class UsageAccountInline(admin.StackedInline):
     ]
     verbose_name = verbose_name_plural = "Usage limits and billing"
 
+    def has_change_permission(self, request, obj=None):
+        # Budgets, pausing and the anchor are money: the same permission as the actions.
+        return super().has_change_permission(request, obj) and request.user.has_perm(
+            "usage.change_budget"
+        )
+
 
 class BudgetActionForm(ActionForm):
     amount = forms.DecimalField(
@@ -185,7 +191,14 @@ class UserAdmin(DjangoUserAdmin):
     def _accounts(self, queryset):
         return UsageAccount.objects.filter(user__in=queryset.values("pk")).select_related("user")
 
-    @admin.action(description="Reset this cycle's budget anchor (a new cycle starts today)")
+    def has_change_budget_permission(self, request) -> bool:
+        """Money actions: a dedicated permission, never implied by viewing users."""
+        return request.user.has_perm("usage.change_budget")
+
+    @admin.action(
+        description="Reset this cycle's budget anchor (a new cycle starts today)",
+        permissions=["change_budget"],
+    )
     def reset_anchor(self, request, queryset):
         today = timezone.localdate(timezone.now(), settings.USAGE_TIME_ZONE)
         for account in self._accounts(queryset):
@@ -194,7 +207,7 @@ class UserAdmin(DjangoUserAdmin):
             self.log_change(request, account.user, f"Billing anchor reset to {today:%-d %b %Y}.")
         self.message_user(request, f"A new cycle starts today for {queryset.count()} user(s).")
 
-    @admin.action(description="Raise budget by the amount")
+    @admin.action(description="Raise budget by the amount", permissions=["change_budget"])
     def raise_budget(self, request, queryset):
         amount = request.POST.get("amount")  # BudgetActionForm's field beside the action
         try:
@@ -204,18 +217,29 @@ class UserAdmin(DjangoUserAdmin):
         except (TypeError, ValueError, ArithmeticError):
             self.message_user(request, "Give a positive amount to raise by.", messages.ERROR)
             return
+        raised, uncapped = 0, []
         for account in self._accounts(queryset):
-            before = account.effective_budget
-            account.budget_usd = before + amount
-            account.save(update_fields=["budget_usd"])
+            try:
+                account.raise_budget(amount)
+            except ValueError:
+                uncapped.append(account.user.get_username())
+                continue
+            raised += 1
             self.log_change(
                 request,
                 account.user,
                 f"Budget raised by {usd(amount, 2)} to {usd(account.budget_usd, 2)}.",
             )
-        self.message_user(
-            request, f"Raised the budget of {queryset.count()} user(s) by {usd(amount, 2)}."
-        )
+        if raised:
+            self.message_user(
+                request, f"Raised the budget of {raised} user(s) by {usd(amount, 2)}."
+            )
+        if uncapped:
+            self.message_user(
+                request,
+                f"Left {', '.join(uncapped)} as they were: no cap, so no budget to raise.",
+                messages.WARNING,
+            )
 
     def _set_blocked(self, request, queryset, blocked: bool) -> None:
         change = "Blocked: chat paused." if blocked else "Unblocked."
@@ -226,11 +250,13 @@ class UserAdmin(DjangoUserAdmin):
         done = "Blocked" if blocked else "Unblocked"
         self.message_user(request, f"{done} {queryset.count()} user(s).")
 
-    @admin.action(description="Set budget to 0 (block: every message is refused)")
+    @admin.action(
+        description="Block: pause chat (every message is refused)", permissions=["change_budget"]
+    )
     def block(self, request, queryset):
         self._set_blocked(request, queryset, True)
 
-    @admin.action(description="Unblock")
+    @admin.action(description="Unblock", permissions=["change_budget"])
     def unblock(self, request, queryset):
         self._set_blocked(request, queryset, False)
 

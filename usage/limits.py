@@ -6,8 +6,9 @@ which takes the database write lock). So for one user, "read spend, compare with
 budget, record reservation" can never interleave, and many concurrent requests
 cannot overshoot the budget. settle() needs no lock: one conditional UPDATE decides
 who settles, and settling only ever lowers what reserve() sees as committed.
-A pending reservation is held until the call's deadline and a margin have passed
-(stale_before), so expiry never frees the budget of a call still running.
+A pending reservation is a lease that its turn renews while it runs (renew_lease), so
+expiry never frees the budget of a call still running, however long it takes; only a turn
+that stopped renewing (a killed worker) has its hold released.
 """
 
 import logging
@@ -20,6 +21,7 @@ from uuid import UUID, uuid4
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from usage import alerts, sql
@@ -206,27 +208,28 @@ def worst_case(model: str, messages: list[dict], max_tokens: int) -> Decimal:
     return price_for(model).cost(worst_case_input_tokens(messages), 0, max_tokens)
 
 
-def stale_before(now: datetime) -> datetime:
-    """Pending rows created before this can no longer be in flight.
+def lease_end(now: datetime) -> datetime:
+    """Until when a reservation made or renewed at `now` holds without another renewal."""
+    return now + timedelta(seconds=settings.RESERVATION_LEASE_SECONDS)
 
-    Every call ends by OPENAI_DEADLINE (enforced in the chat path across retries and
-    streaming); the margin covers settling after it. So expiry never releases the hold of a
-    call that is still running, and a second call cannot reserve into its budget.
-    """
-    return now - timedelta(seconds=settings.OPENAI_DEADLINE + settings.RESERVATION_MARGIN_SECONDS)
+
+def renew_lease(reservation: Reservation) -> None:
+    """Keep holding a call that is still running (its turn calls this while it lasts)."""
+    sql.batch(sql.renew_lease(reservation.generation_id, lease_end(timezone.now())))
 
 
 def expire_stale_reservations(now: datetime | None = None, user_id: int | None = None) -> int:
+    """Release the holds of calls whose turn stopped renewing its lease (a killed worker)."""
     now = now or timezone.now()
-    stale = Generation.objects.filter(
-        status=Generation.Status.PENDING, created_at__lt=stale_before(now)
+    stale = Generation.objects.filter(status=Generation.Status.PENDING).filter(
+        Q(lease_until__lt=now) | Q(lease_until__isnull=True, created_at__lt=now)
     )
     if user_id is not None:
         stale = stale.filter(user_id=user_id)
     return stale.update(
         status=Generation.Status.ABANDONED,
         settled_at=now,
-        error="Abandoned: never settled within the call deadline and its margin.",
+        error="Abandoned: its turn stopped renewing the reservation before it settled.",
     )
 
 
@@ -236,12 +239,12 @@ def _money(value) -> Decimal:
 
 
 def _cycle_spend(rows, account: UsageAccount, cycle: Cycle, include_pending: bool = True):
-    """Sum usage.sql.SPEND_SQL's rows over a cycle: (Spend, calls past their deadline)."""
+    """Sum usage.sql.SPEND_SQL's rows over a cycle: (Spend, calls whose lease lapsed)."""
     settled_cost, settled_messages = Decimal(0), 0
     pending_cost, pending_messages, stale = Decimal(0), 0, 0
-    for day, cost, count, past_deadline in rows:
+    for day, cost, count, lapsed in rows:
         if day is None:  # the calls in flight
-            pending_cost, pending_messages, stale = Decimal(str(cost)), count, past_deadline
+            pending_cost, pending_messages, stale = Decimal(str(cost)), count, lapsed
             continue
         if isinstance(day, str):  # SQLite answers text
             day = date.fromisoformat(day)
@@ -263,7 +266,7 @@ def _cycle_spend(rows, account: UsageAccount, cycle: Cycle, include_pending: boo
 def spend_for(account: UsageAccount, cycle: Cycle, include_pending: bool = True) -> Spend:
     """Settled spend of the cycle (from the rollups) and the reservations in flight."""
     now = timezone.now()
-    (rows,) = sql.batch(sql.spend(account.user_id, cycle.start_date, stale_before(now)))
+    (rows,) = sql.batch(sql.spend(account.user_id, cycle.start_date, now))
     return _cycle_spend(rows, account, cycle, include_pending)[0]
 
 
@@ -273,12 +276,12 @@ LONGEST_CYCLE = timedelta(days=31)
 
 def _recent_spend(user_id: int, now: datetime):
     """The spend read for a transaction that does not know the account's cycle yet."""
-    return sql.spend(user_id, local_day(now) - LONGEST_CYCLE, stale_before(now))
+    return sql.spend(user_id, local_day(now) - LONGEST_CYCLE, now)
 
 
 def _standing(user_id: int, now: datetime, account_row, spend_rows):
     """The account and its current cycle's spend from lock_account's and _recent_spend's
-    rows: (account, Spend, calls past their deadline)."""
+    rows: (account, Spend, calls whose lease lapsed)."""
     account = sql.account_from(user_id, account_row)
     return account, *_cycle_spend(spend_rows, account, cycle_for(account, now))
 
@@ -342,6 +345,7 @@ def reserve(
         price_cached_input_per_1m=price.cached_input_per_1m,
         price_output_per_1m=price.output_per_1m,
         created_at=now,
+        lease_until=lease_end(now),
     )
     # savepoint=False: inside the caller's transaction (the chat turn's) this adds no
     # round trips; an error rolls that transaction back.
@@ -376,7 +380,7 @@ def refusal(account: UsageAccount, spend: Spend, worst_case: Decimal) -> UsageLi
     `spend` counts the calls in flight at their worst case, so concurrent calls can never
     together pass the budget or the message limit.
     """
-    if account.blocked:  # staff set the budget to nothing
+    if account.blocked:  # staff paused this account's chat
         return UsageLimitReached("blocked", spend, worst_case)
     if not account.email_verified:  # a sign-up not yet confirmed has no budget at all
         return UsageLimitReached("unverified", spend, worst_case)

@@ -92,6 +92,12 @@ class UsageAccount(models.Model):
     objects = UsageAccountManager()
 
     class Meta:
+        permissions = [
+            (
+                "change_budget",
+                "Can change a user's budget and limits, pause their chat or restart their cycle",
+            )
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(budget_usd__isnull=True) | Q(budget_usd__gte=0),
@@ -108,11 +114,28 @@ class UsageAccount(models.Model):
             return settings.USAGE_DEFAULT_BUDGET_USD
         return self.budget_usd
 
+    def raise_budget(self, amount: Decimal) -> None:
+        """Add `amount` to this cycle's budget. An account with no cap (budget 0) keeps none:
+        raising "unlimited" must not turn it into a cap of `amount`."""
+        if amount <= 0:
+            raise ValueError("Raise a budget by a positive amount.")
+        if not self.effective_budget:
+            raise ValueError("This account has no cap: there is no budget to raise.")
+        self.budget_usd = self.effective_budget + amount
+        self.save(update_fields=["budget_usd"])
+
     @property
     def effective_message_limit(self) -> int:
         if self.message_limit is None:
             return settings.USAGE_DEFAULT_MESSAGE_LIMIT
         return self.message_limit
+
+
+def lease_from_now():
+    """A new reservation's lease: see settings.RESERVATION_LEASE_SECONDS."""
+    from datetime import timedelta
+
+    return timezone.now() + timedelta(seconds=settings.RESERVATION_LEASE_SECONDS)
 
 
 class Generation(models.Model):
@@ -154,6 +177,9 @@ class Generation(models.Model):
     price_cached_input_per_1m = models.DecimalField(**PRICE)
     price_output_per_1m = models.DecimalField(**PRICE)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # While pending, the call holds its worst case until this time; the turn renews it as
+    # long as it runs (usage.limits.renew_lease), so only a dead turn's hold ever lapses.
+    lease_until = models.DateTimeField(null=True, blank=True, default=lease_from_now)
     settled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -116,7 +116,7 @@ def account_from(user_id: int, row: tuple) -> UsageAccount:
 
 
 # Settled spend per local day since `since`, then one row (day NULL) for the calls in flight:
-# their worst cases, how many, and how many are older than the deadline allows. Per day, so
+# their worst cases, how many, and how many have a lapsed lease (their turn stopped). Per day, so
 # the read can go out before the account (and so its billing cycle) is known: the caller
 # sums the days of the cycle. Settled and pending come from one statement, one snapshot:
 # two reads could see a settle commit in between and count that call twice or not at all.
@@ -127,14 +127,15 @@ SELECT d.day, SUM(d.cost), SUM(d.generations), 0
  GROUP BY d.day
 UNION ALL
 SELECT NULL, COALESCE(SUM(g.reserved_cost), 0), COUNT(*),
-       COALESCE(SUM(CASE WHEN g.created_at < %(stale)s THEN 1 ELSE 0 END), 0)
+       COALESCE(SUM(CASE WHEN COALESCE(g.lease_until, g.created_at) < %(now)s
+                         THEN 1 ELSE 0 END), 0)
   FROM {GENERATION} g
  WHERE g.user_id = %(user)s AND g.status = %(pending)s
 """
 
 
-def spend(user_id: int, since: date, stale: datetime) -> tuple[str, dict]:
-    return SPEND_SQL, params({"user": user_id, "since": since, "stale": stale, "pending": PENDING})
+def spend(user_id: int, since: date, now: datetime) -> tuple[str, dict]:
+    return SPEND_SQL, params({"user": user_id, "since": since, "now": now, "pending": PENDING})
 
 
 GENERATION_FIELDS = [
@@ -156,6 +157,7 @@ GENERATION_FIELDS = [
     "price_cached_input_per_1m",
     "price_output_per_1m",
     "created_at",
+    "lease_until",
 ]
 INSERT_SQL = (
     f"INSERT INTO {GENERATION} ({', '.join(GENERATION_FIELDS)}) "
@@ -182,6 +184,14 @@ def insert_reservation(**values) -> tuple[str, list]:
 def take_back(insert: tuple[str, list]) -> tuple[str, list]:
     """Delete the row that `insert` (from insert_reservation()) inserted."""
     return f"DELETE FROM {GENERATION} WHERE id = %s", [insert[1][0]]
+
+
+def renew_lease(generation_id: UUID, until: datetime) -> tuple[str, list]:
+    """Extend a pending call's lease; a settled row is left as it is."""
+    return (
+        f"UPDATE {GENERATION} SET lease_until = %s WHERE id = %s AND status = %s",
+        params([until, generation_id, PENDING]),
+    )
 
 
 # --- settle() ----------------------------------------------------------------------

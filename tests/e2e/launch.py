@@ -20,6 +20,9 @@ from tests.e2e.servers import TcpProxy, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+# Only keeps a hung server from hanging a test: twenty logins at once hash twenty passwords
+# on two shared cores, which can take a while on a busy machine.
+LOGIN_TIMEOUT = 120
 LOAD_MODEL = "load-test-model"  # $0.01 per output token, free input: 100 tokens = $1.00
 
 
@@ -97,7 +100,7 @@ class App:
 
     def login(self, username) -> requests.Session:
         session = requests.Session()
-        session.get(f"{self.url}/accounts/login/", timeout=10)
+        session.get(f"{self.url}/accounts/login/", timeout=LOGIN_TIMEOUT)
         response = session.post(
             f"{self.url}/accounts/login/",
             data={
@@ -106,7 +109,7 @@ class App:
                 "csrfmiddlewaretoken": session.cookies["csrftoken"],
             },
             allow_redirects=False,
-            timeout=10,
+            timeout=LOGIN_TIMEOUT,
         )
         assert response.status_code == 302, response.text[:500]
         session.headers["X-CSRFToken"] = session.cookies["csrftoken"]

@@ -61,6 +61,20 @@ class _Quiet(BaseHTTPRequestHandler):
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
 
+def endless_frames(word: str = "more "):
+    """A provider that never stops: chunks of `word` for ever, past any max_tokens."""
+    chunk = {
+        "id": "chatcmpl-endless",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "endless",
+        "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+    }
+    frame = f"data: {json.dumps(chunk)}\n\n".encode()
+    while True:
+        yield frame
+
+
 class _ModelHandler(_Quiet):
     def do_GET(self):
         owner: FakeModel = self.owner
@@ -90,6 +104,11 @@ class _ModelHandler(_Quiet):
             self.end_headers()
             self.wfile.write(payload)
             return
+        if mode == "endless":
+            self.send_response(200)
+            with contextlib.suppress(OSError):  # it streams until the app hangs up
+                self._stream(endless_frames(), owner.endless_delay)
+            return
         if mode == "garbage":
             payload = b"<html>this is not an OpenAI answer"
             self.send_response(200)
@@ -117,12 +136,13 @@ class _ModelHandler(_Quiet):
             self.end_headers()
             self.wfile.write(payload)
 
-    def _stream(self, frames: list[bytes], delay: float):
+    def _stream(self, frames, delay: float):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        last = len(frames) - 1 if isinstance(frames, list) else -1
         for index, frame in enumerate(frames):
-            if delay and 0 < index < len(frames) - 1:
+            if delay and 0 < index != last:
                 time.sleep(delay)
             self.wfile.write(f"{len(frame):x}\r\n".encode() + frame + b"\r\n")
             self.wfile.flush()
@@ -130,7 +150,8 @@ class _ModelHandler(_Quiet):
 
 
 class FakeModel(_Server):
-    """An OpenAI-compatible chat-completions server. mode: ok, 429, 500, slow, garbage.
+    """An OpenAI-compatible chat-completions server. mode: ok, 429, 500, slow, garbage, or
+    endless (a stream that never ends, a chunk every `endless_delay` s).
 
     A stream sends its answer in `pieces` chunks (or a word a chunk) evenly paced over
     `stream_seconds`; `most_at_once` is the most streams it served at the same time.
@@ -139,6 +160,7 @@ class FakeModel(_Server):
     def __init__(self, stream_seconds: float = 0.0, pieces: int | None = None):
         self.mode = "ok"
         self.slow_seconds = 3.0
+        self.endless_delay = 0.01
         self.stream_seconds = stream_seconds
         self.pieces = pieces
         self.requests = 0

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e
 
 USERS = 20
 MESSAGES_PER_USER = 6
-TIME_LIMIT = 90  # seconds; the load loop stops by itself
+STALL_LIMIT = 300  # seconds; only so that a hung server cannot hang the suite
 
 
 def chat(session, url, prompt, stream=False, conversation_id=None) -> tuple[int, dict]:
@@ -48,13 +48,10 @@ def wait_for(predicate, seconds=20.0):
 def test_twenty_concurrent_users_each_message_is_settled_once_and_captured_once(app):
     results: list[tuple[str, int, dict]] = []
     lock = threading.Lock()
-    started = time.monotonic()
 
     def user(name):
         session = app.login(name)
         for n in range(MESSAGES_PER_USER):
-            if time.monotonic() - started > TIME_LIMIT:
-                return
             status, data = chat(session, app.url, f"{name} message {n}", stream=n % 2 == 0)
             with lock:
                 results.append((name, status, data))
@@ -63,7 +60,7 @@ def test_twenty_concurrent_users_each_message_is_settled_once_and_captured_once(
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=TIME_LIMIT + 30)
+        thread.join(timeout=STALL_LIMIT)
 
     statuses = Counter(status for _, status, _ in results)
     assert statuses == {200: USERS * MESSAGES_PER_USER}, statuses
