@@ -4,17 +4,34 @@ ASGI under uvicorn's gunicorn worker: model answers stream for seconds to minute
 worker serves every conversation from one event loop instead of one thread per stream.
 """
 
+import math
 import os
+import resource
 
 wsgi_app = "chatusage.asgi:application"
-worker_class = "uvicorn_worker.UvicornWorker"
+# uvicorn's worker with a header-read timeout, a concurrency limit and a graceful shutdown
+# that outlasts the deadline (chatusage/server.py).
+worker_class = "chatusage.server.Worker"
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 # Seconds a worker may go without a heartbeat; async workers beat while streams wait.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
-# On SIGTERM, streams in flight get this long to finish; a call cut by the kill leaves a
-# pending reservation that expiry releases once OPENAI_DEADLINE and its margin have passed.
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+# On a reload (HUP) or stop (TERM), streams in flight finish: every turn is over by
+# OPENAI_DEADLINE, and this leaves 30 s more to settle (uvicorn cancels what still runs 20 s
+# before gunicorn would kill the worker, and cancelled turns settle what they delivered).
+# A kill would skip all of that and leave delivered answers unbilled, so it is never less.
+_deadline = float(os.environ.get("OPENAI_DEADLINE", "120"))
+graceful_timeout = max(
+    int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "0")), math.ceil(_deadline) + 30
+)
+# Client addresses come from Django (TRUSTED_PROXY_COUNT), never from uvicorn: trusting
+# X-Forwarded-For from 127.0.0.1 (uvicorn's default) would let a proxy on the same host that
+# passes the client's header through spoof the login lock and the sign-up limit.
+forwarded_allow_ips = ""
+# Every stream and idle connection holds a file: use all the process may have.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _soft < _hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
 keepalive = 5
 # Load the app once in the master and fork the workers from it: with pre_fork below, each
 # worker holds about 38 MB less of its own (README, Benchmarks). New code then needs a full

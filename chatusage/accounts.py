@@ -1,11 +1,14 @@
 """Sign-up, address verification and the mails they send.
 
 Sign-up never tells whether an address is registered: with verification on, a sign-up
-with a known address creates nothing and mails the address's owner instead, and the page
-reads the same as for a new account. Without verification, addresses are not unique.
+with a known address creates nothing and mails the address's owner instead, and the page,
+the cookies and the work done (a password hashed, a mail sent) are the same as for a new
+account. Nobody is logged in by signing up then: the verification link logs the new
+account in, once. Without verification, addresses are not unique.
 """
 
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import User
 from django.core import signing
 from django.core.mail import send_mail
@@ -32,15 +35,18 @@ def send_verification(request, user: User) -> None:
     _mail("registration/verify_email.txt", user.email, {"user": user, "link": link})
 
 
-def verify(token: str) -> User | None:
-    """The user a valid, unexpired link was made for (their address now confirmed), or None."""
+def verify(token: str) -> tuple[User | None, bool]:
+    """The user a valid, unexpired link was made for (their address now confirmed), or None;
+    and whether this use confirmed it (False when it was confirmed before)."""
     try:
         data = signing.loads(token, salt=VERIFY_SALT, max_age=VERIFY_MAX_AGE)
         user = User.objects.get(pk=data["user"], email=data["email"])
     except (signing.BadSignature, User.DoesNotExist, KeyError, TypeError):
-        return None
-    UsageAccount.objects.filter(user=user).update(email_verified=True)
-    return user
+        return None, False
+    confirmed = UsageAccount.objects.filter(user=user, email_verified=False).update(
+        email_verified=True
+    )
+    return user, bool(confirmed)
 
 
 def sign_up(request, form) -> User | None:
@@ -48,6 +54,7 @@ def sign_up(request, form) -> User | None:
     (its owner is told by mail instead, and the caller shows the same page)."""
     email = form.cleaned_data["email"]
     if settings.ACCOUNTS_VERIFY_EMAIL and User.objects.filter(email__iexact=email).exists():
+        make_password(form.cleaned_data["password1"])  # the work a new account's save does
         login_url = request.build_absolute_uri(reverse("login"))
         reset_url = request.build_absolute_uri(reverse("password_reset"))
         _mail(

@@ -1,7 +1,77 @@
+"""The ASGI application: Django behind a guard on request bodies.
+
+Django's ASGI handler reads a whole request body (spooling it to a temporary file) before
+any view or size check runs, so a logged-out client could make the server write a 1 GiB
+file and wait as long as it liked to send it. The guard answers 413 at once for a declared
+length above DATA_UPLOAD_MAX_MEMORY_SIZE, stops a chunked body at the same size, and gives
+a body REQUEST_BODY_TIMEOUT seconds to arrive (408 after that). Only then does Django read
+the body, from memory.
+"""
+
+import asyncio
+import json
 import os
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()
+
+
+async def _refuse(send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": message, "code": code}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+TOO_LARGE = (413, "body_too_large", "The request body is too large.")
+TOO_SLOW = (408, "body_timeout", "The request body did not arrive in time.")
+
+
+async def _read_body(receive, limit: int) -> tuple[list[dict], tuple | None]:
+    """The body's messages, read up to `limit` bytes, or why it was refused."""
+    messages, size = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":  # the client went away
+            return messages, None
+        size += len(message.get("body", b""))
+        if size > limit:
+            return messages, TOO_LARGE
+        if not message.get("more_body", False):
+            return messages, None
+
+
+async def application(scope, receive, send):
+    if scope["type"] != "http":
+        return await django_application(scope, receive, send)
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    for name, value in scope["headers"]:  # the server already refused a malformed length
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            return await _refuse(send, *TOO_LARGE)
+    try:
+        async with asyncio.timeout(settings.REQUEST_BODY_TIMEOUT):
+            messages, refused = await _read_body(receive, limit)
+    except TimeoutError:
+        refused = TOO_SLOW
+    if refused:
+        return await _refuse(send, *refused)
+
+    async def replay():
+        # The body from memory, then the connection's own events (the client going away).
+        return messages.pop(0) if messages else await receive()
+
+    return await django_application(scope, replay, send)

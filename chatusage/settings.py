@@ -37,6 +37,9 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 CSRF_FAILURE_VIEW = "chatusage.api.csrf_failure"
 DATA_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024  # a chat prompt is at most 8,000 characters
+# chatusage.asgi refuses a larger body (413) before reading it, and one that takes longer
+# than this many seconds to arrive (408).
+REQUEST_BODY_TIMEOUT = env.float("REQUEST_BODY_TIMEOUT", default=30.0)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -43,9 +43,8 @@ def signup(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             user = accounts.sign_up(request, form)
             if user is None or settings.ACCOUNTS_VERIFY_EMAIL:
-                # The same page either way: it must not tell which addresses have accounts.
-                if user is not None:
-                    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                # The same page and no login either way: it must not tell which addresses
+                # have accounts. The link in the mail logs a new account in.
                 return render(
                     request, "registration/check_email.html", {"email": form.cleaned_data["email"]}
                 )
@@ -56,9 +55,14 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def verify_email(request: HttpRequest, token: str) -> HttpResponse:
-    user = accounts.verify(token)
+    user, confirmed = accounts.verify(token)
     if user is None:
         return render(request, "registration/verify_failed.html", status=400)
+    if confirmed:  # the first use of the link logs the new account in
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    elif request.user != user:  # a used link is no key: log in with the password
+        messages.info(request, "Your address was already confirmed. Log in to chat.")
+        return redirect("login")
     messages.success(request, "Your address is confirmed: you can chat now.")
     return redirect("chat:index")
 

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 from io import StringIO
@@ -6,6 +7,8 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from django.contrib.auth.hashers import MD5PasswordHasher
+from django.contrib.auth.models import User
 from django.db import DatabaseError
 from django.test import Client
 from django.urls import reverse
@@ -70,6 +73,8 @@ def test_an_unverified_account_cannot_chat_until_it_follows_its_link(
 ):
     settings.ACCOUNTS_VERIFY_EMAIL = True
     sign_up(client, "carol", "carol@example.com")
+    assert "_auth_user_id" not in client.session  # signing up logs nobody in
+    client.post(reverse("login"), {"username": "carol", "password": PASSWORD})
     refused = client.post("/api/chat/", {"prompt": "hi"}, content_type="application/json")
     assert (refused.status_code, refused.json()["code"]) == (403, "email_not_verified")
     assert openai_mock.requests == []
@@ -79,6 +84,52 @@ def test_an_unverified_account_cannot_chat_until_it_follows_its_link(
     assert client.get(link.replace("http://testserver", "")).status_code == 302
     ok = client.post("/api/chat/", {"prompt": "hi"}, content_type="application/json")
     assert ok.status_code == 200
+
+
+def test_the_verification_link_logs_a_new_account_in_once(client, db, settings, mailoutbox):
+    settings.ACCOUNTS_VERIFY_EMAIL = True
+    sign_up(client, "carol", "carol@example.com")
+    [mail] = mailoutbox
+    link = next(w for w in mail.body.split() if "/accounts/verify/" in w)
+    link = link.replace("http://testserver", "")
+    assert client.get(link).url == reverse("chat:index")
+    assert client.session["_auth_user_id"] == str(User.objects.get(username="carol").pk)
+    again = Client().get(link)  # a used link is no key to the account
+    assert again.url == reverse("login")
+
+
+class CountingHasher(MD5PasswordHasher):
+    """Counts the passwords hashed, to compare the work two sign-ups do."""
+
+    algorithm = "counting-md5"
+    hashed = 0
+
+    def encode(self, password, salt):
+        type(self).hashed += 1
+        return super().encode(password, salt)
+
+
+def test_sign_up_with_a_known_address_looks_and_works_like_a_new_one(alice, settings, mailoutbox):
+    """B4: a new address got a session cookie, "Chat" in the nav and took 0.27 s; a known
+    one none of that and 0.01 s."""
+    settings.ACCOUNTS_VERIFY_EMAIL = True
+    settings.PASSWORD_HASHERS = ["tests.test_accounts.CountingHasher"]
+
+    def attempt(username, email):
+        client = Client()
+        client.get(reverse("signup"))
+        CountingHasher.hashed, sent = 0, len(mailoutbox)
+        response = sign_up(client, username, email)
+        body = response.content.decode().replace(email, "EMAIL")
+        return response, body, set(response.cookies), CountingHasher.hashed, len(mailoutbox) - sent
+
+    known = attempt("alice2", "alice@example.com")
+    new = attempt("carol", "carol@example.com")
+    assert known[0].status_code == new[0].status_code == 200
+    assert re.sub(r'value="[^"]+"', "", known[1]) == re.sub(r'value="[^"]+"', "", new[1])
+    assert known[2] == new[2] and "sessionid" not in new[2]  # no login on either path
+    assert known[3] == new[3] == 1  # one password hashed on each path
+    assert known[4] == new[4] == 1  # one mail on each path
 
 
 def test_a_tampered_verification_link_is_refused(client, db):

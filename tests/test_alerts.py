@@ -3,6 +3,7 @@
 import json
 import re
 import threading
+import time
 from decimal import Decimal
 from io import StringIO
 from pathlib import Path
@@ -45,6 +46,19 @@ def documented_verify():
     namespace: dict = {}
     exec(code, namespace)  # noqa: S102 - our own README's snippet, under test
     return namespace["verify"]
+
+
+def test_a_signed_delivery_replayed_later_is_refused_by_the_documented_check():
+    """Only the body was signed, so a captured delivery verified for ever."""
+    verify = documented_verify()
+    body = b'{"id":"x","type":"usage.limit_reached"}'
+    now = int(time.time())
+    assert verify(body, alerts.sign(body, SECRET, now), SECRET)
+    assert not verify(body, alerts.sign(body, SECRET, now - 3600), SECRET)  # an hour old
+    assert not verify(body + b" ", alerts.sign(body, SECRET, now), SECRET)
+    forged = alerts.sign(body, SECRET, now - 3600).replace(f"t={now - 3600}", f"t={now}")
+    assert not verify(body, forged, SECRET)  # the time cannot be changed on its own
+    assert not verify(body, "sha256=" + "0" * 64, SECRET)
 
 
 def test_crossing_50_then_80_then_a_refusal_gives_exactly_three_alerts(alice, cent_model):

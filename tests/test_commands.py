@@ -6,13 +6,14 @@ from io import StringIO
 import pytest
 import responses
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
 
 from tests.conftest import batched_events
 from usage.limits import TokenUsage, reserve, settle
 from usage.management.commands import reconcile_usage
 from usage.management.commands.reconcile_usage import RECHECK_QUERY, RECONCILE_QUERY
-from usage.models import DailyUsage, Generation, UsageAccount
+from usage.models import Backfill, DailyUsage, Generation, UsageAccount
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -133,6 +134,68 @@ def test_a_second_run_after_the_backfill_finds_nothing(
     output = run("reconcile_usage", "--backfill")
     assert "backfilled 0" in output
     assert batched_events(requests_mock) == []
+
+
+def test_two_runs_within_posthogs_ingestion_lag_backfill_a_generation_once(
+    alice, ledger, posthog_query, posthog_capture, requests_mock
+):
+    """B9: with a 60-s lag, the second run still saw the backfilled events missing and sent
+    them again: 10 generations got two events each."""
+    ok, missing, errored = ledger
+    lagging = posthog_rows((str(ok.pk), 1, float(ok.cost)), (str(errored.pk), 1, 0.0))
+    requests_mock.add(responses.POST, posthog_query, json=lagging)  # never shows the backfill
+    first = run("reconcile_usage", "--backfill")
+    second = run("reconcile_usage", "--backfill")
+    assert "backfilled 1" in first
+    assert "backfilled 0" in second and "1 backfilled earlier and not in PostHog yet" in second
+    assert [e["properties"]["generation_id"] for e in batched_events(requests_mock)] == [
+        str(missing.pk)
+    ]
+    assert Backfill.objects.get().generation_id == missing.pk  # what was sent, and when
+    # A day later it is still missing: PostHog lost it, so it is sent again.
+    Backfill.objects.update(sent_at=timezone.now() - reconcile_usage.RESEND_AFTER)
+    assert "backfilled 1" in run("reconcile_usage", "--backfill")
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's advisory lock")
+def test_a_second_reconcile_run_cannot_start_while_one_runs(alice, ledger, posthog_query):
+    import psycopg
+
+    settings_dict = connection.settings_dict
+    other = psycopg.connect(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"] or 5432,
+        user=settings_dict["USER"],
+        dbname=settings_dict["NAME"],
+        autocommit=True,
+    )
+    try:
+        other.execute("SELECT pg_advisory_lock(%s)", [reconcile_usage.LOCK_KEY])
+        with pytest.raises(CommandError, match="Another reconcile_usage run is in progress"):
+            run("reconcile_usage")
+    finally:
+        other.close()
+
+
+def test_reconcile_reports_an_abandoned_call_that_posthog_saw_answered(
+    alice, posthog_query, requests_mock
+):
+    """B3: a 40-s database cut abandoned rows at $0 while PostHog held their cost, and
+    reconcile said nothing."""
+    reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    Generation.objects.filter(pk=reservation.generation_id).update(
+        lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    call_command("expire_reservations", stdout=StringIO())
+    requests_mock.add(
+        responses.POST,
+        posthog_query,
+        json=posthog_rows((str(reservation.generation_id), 1, 0.00042)),
+    )
+    out = StringIO()
+    with pytest.raises(CommandError, match="1 difference"):
+        call_command("reconcile_usage", stdout=out)
+    assert "unbilled" in out.getvalue() and "1 answered in PostHog but abandoned" in out.getvalue()
 
 
 def test_reconcile_needs_posthog_configured(alice):

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -155,8 +156,12 @@ def payload(alert: Alert) -> dict:
     return data
 
 
-def sign(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(body: bytes, secret: str, timestamp: int | None = None) -> str:
+    """`t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, as Stripe signs: the time is
+    signed with the body, so a receiver can refuse a captured delivery replayed later."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    signed = f"{timestamp}.".encode() + body
+    return f"t={timestamp},v1={hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()}"
 
 
 def _post_webhook(alert: Alert) -> None:

@@ -201,6 +201,19 @@ class Generation(models.Model):
         return self.input_tokens + self.output_tokens
 
 
+class Backfill(models.Model):
+    """A generation reconcile_usage sent to PostHog itself. Claimed (this row written) before
+    the event goes, so two runs inside PostHog's ingestion lag never send it twice."""
+
+    generation = models.OneToOneField(
+        Generation, on_delete=models.CASCADE, primary_key=True, related_name="backfill"
+    )
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"Backfill of {self.generation_id} at {self.sent_at:%Y-%m-%d %H:%M}"
+
+
 class DailyUsage(models.Model):
     """Settled generations rolled up per user, day (in USAGE_TIME_ZONE) and model."""
 

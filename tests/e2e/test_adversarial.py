@@ -2,7 +2,11 @@
 drives the break as it was found and checks that nothing is lost, free or left open."""
 
 import json
+import os
+import signal
 import socket
+import threading
+from collections import Counter
 
 import pytest
 import requests
@@ -15,6 +19,7 @@ pytestmark = pytest.mark.e2e
 
 DEADLINE = 3  # seconds, OPENAI_DEADLINE
 LEASE = 2  # seconds, RESERVATION_LEASE_SECONDS: a hold renewed by nobody lapses this soon
+HEADER_TIMEOUT = 1  # seconds, SERVER_HEADER_TIMEOUT
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +33,7 @@ def app(tmp_path_factory):
         POSTHOG_HOST=sink.url,
         OPENAI_DEADLINE=str(DEADLINE),
         RESERVATION_LEASE_SECONDS=str(LEASE),
+        SERVER_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
     )
     users = [("slowreader", "1.00")]  # one worst case ($1.00) and not a cent more
     try:
@@ -95,3 +101,141 @@ def test_a_client_that_stops_reading_cannot_stretch_a_call_past_its_deadline(app
         "WHERE u.username = 'slowreader' AND m.role = 'assistant'"
     )
     assert interrupted and content.startswith("more more")
+
+
+def raw_connection(app) -> socket.socket:
+    host, port = app.url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=60)
+
+
+def status_line(sock: socket.socket) -> bytes:
+    return sock.recv(4096).split(b"\r\n", 1)[0]
+
+
+def test_a_huge_declared_body_is_refused_at_once(app):
+    """B6: a logged-out 1 GiB POST was spooled to disk before its 400."""
+    with raw_connection(app) as sock:
+        sock.sendall(
+            b"POST /accounts/signup/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 1073741824\r\n\r\nusername=a"
+        )
+        assert status_line(sock) == b"HTTP/1.1 413 Request Entity Too Large"
+
+
+def test_a_chunked_body_without_end_is_stopped_at_the_limit(app):
+    with raw_connection(app) as sock:
+        sock.sendall(
+            b"POST /api/chat/ HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"  # 64 KiB
+        sent = 0
+        try:
+            while sent < 64 * 2**20:  # far past the 256 KiB limit, if it were not enforced
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # the server answered and closed: what the test waits for
+            pass
+        assert status_line(sock) == b"HTTP/1.1 413 Request Entity Too Large"
+        assert sent < 16 * 2**20
+
+
+def test_connections_that_never_finish_their_headers_are_closed(app):
+    """B7: 2,000 idle or trickling sockets all stayed open; new requests then failed."""
+    idle = [raw_connection(app) for _ in range(50)]
+    trickling = raw_connection(app)
+    closed = threading.Event()
+
+    def trickle():
+        try:
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 1000:
+                trickling.sendall(bytes([byte]))
+                if closed.wait(0.2):
+                    return
+        except OSError:
+            closed.set()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        for sock in idle:
+            assert sock.recv(1) == b""  # closed by the server, not left open
+        assert closed.wait(60) or trickling.recv(1) == b""
+        assert requests.get(f"{app.url}/healthz", timeout=60).status_code == 200
+    finally:
+        closed.set()
+        for sock in [*idle, trickling]:
+            sock.close()
+
+
+@pytest.fixture(scope="module")
+def long_app(tmp_path_factory):
+    """Streams of several seconds, longer than the worker timeout and than the graceful
+    timeout an operator set."""
+    if not postgres_answers():
+        pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
+    model = FakeModel(stream_seconds=STREAM_SECONDS, pieces=20)
+    env = fake_model_env(
+        model.url, OPENAI_DEADLINE="30", GUNICORN_TIMEOUT="4", GUNICORN_GRACEFUL_TIMEOUT="2"
+    )
+    try:
+        with gunicorn_app(tmp_path_factory.mktemp("reload"), env, [("deploy", None)]) as app:
+            app.model = model
+            yield app
+    finally:
+        model.stop()
+
+
+STREAM_SECONDS = 8.0
+
+
+def streams_across(app, signum, prefix: str) -> list:
+    """Ten streams, `signum` sent to gunicorn's master while all are under way: their ends."""
+    session = app.login("deploy")
+    results: list = []
+
+    def one(n):
+        results.append(chat(session_copy(session), app.url, f"{prefix} {n}", stream=True))
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    assert wait_for(lambda: app.model.streaming == 10, 60), app.model.streaming
+    os.kill(app.process.pid, signum)
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def assert_all_answered_and_billed(app, results, prefix):
+    assert Counter(status for status, _ in results) == {200: 10}, results
+    assert all(data.get("response") for _, data in results)
+    rows = app.sql(
+        "SELECT g.status, g.cost FROM usage_generation g JOIN chat_message m "
+        "ON m.generation_id = g.id WHERE m.role = 'user' AND m.content LIKE %s",
+        f"{prefix} %",
+    )
+    assert len(rows) == 10 and all(status == "ok" and cost > 0 for status, cost in rows), rows
+
+
+def test_a_reload_during_streams_lets_each_finish_and_bills_it(long_app):
+    """B2: SIGHUP during 20 streams of 45 s cut 13 of them, and their rows were later
+    abandoned at $0 though their text had been delivered. A draining worker stopped beating,
+    and gunicorn killed it after its timeout (here 4 s, streams of 8 s)."""
+    results = streams_across(long_app, signal.SIGHUP, "reload")
+    assert_all_answered_and_billed(long_app, results, "reload")
+
+
+def test_a_stop_during_streams_lets_each_finish_and_bills_it(long_app):
+    """B2: on a stop, gunicorn kills workers after graceful_timeout (set here to 2 s, below
+    the deadline): it is never less than the deadline and 30 s now. Runs last: it stops
+    the server."""
+    results = streams_across(long_app, signal.SIGTERM, "stop")
+    long_app.process.wait(timeout=120)
+    assert_all_answered_and_billed(long_app, results, "stop")
+
+
+def session_copy(session: requests.Session) -> requests.Session:
+    copy = requests.Session()
+    copy.cookies.update(session.cookies)
+    copy.headers.update(session.headers)
+    return copy

@@ -1,16 +1,18 @@
 import time
+from contextlib import contextmanager
 from datetime import date, timedelta
 from decimal import Decimal
 from uuid import UUID
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 from django.utils import timezone
 
 from chatusage import analytics
 from usage import hogql
 from usage.cycles import cycle_containing, cycle_for
-from usage.models import Generation, UsageAccount
+from usage.models import Backfill, Generation, UsageAccount
 from usage.pricing import MILLION
 from usage.reports import GENERATIONS_IN_CYCLE, query_values
 
@@ -43,10 +45,16 @@ THROTTLE_RETRIES = 3
 # Events reach PostHog's queries seconds to minutes after capture (plus the SDK's flush
 # interval): generations settled more recently are left for the next run.
 INGESTION_LAG = timedelta(minutes=15)
-PROBLEMS = ("missing", "mismatch", "duplicate", "unknown")  # each one fails the run
+# Each one fails the run. Unbilled: the ledger abandoned a call ($0) that PostHog saw answered.
+PROBLEMS = ("missing", "mismatch", "duplicate", "unknown", "unbilled")
 # Interrupted streams settle at a flagged estimate while PostHog's event has no tokens:
-# their costs differ by design, so they are listed on their own and fail nothing.
-NOTICES = ("estimated",)
+# their costs differ by design, so they are listed on their own and fail nothing. Backfilled:
+# sent by an earlier run and not ingested yet; sent again only after RESEND_AFTER.
+NOTICES = ("estimated", "backfilled")
+RESEND_AFTER = timedelta(days=1)
+# Two runs must not overlap (PostgreSQL advisory lock; the claims in Backfill make each
+# backfill happen once even without it).
+LOCK_KEY = 0x63686174  # "chat"
 
 
 def _is_uuid(value: str) -> bool:
@@ -130,6 +138,10 @@ class Command(BaseCommand):
         else:
             accounts = accounts.filter(user__in=Generation.objects.values("user"))
 
+        with _run_lock():
+            self._reconcile(accounts, cycle, backfill, tolerance)
+
+    def _reconcile(self, accounts, cycle, backfill, tolerance):
         problems = []
         checked = sent = 0
         settled_before = timezone.now() - INGESTION_LAG
@@ -161,7 +173,9 @@ class Command(BaseCommand):
             f"(settled more than {INGESTION_LAG.seconds // 60} minutes ago): "
             f"{counts['missing']} missing in PostHog, {counts['mismatch']} cost mismatches, "
             f"{counts['duplicate']} duplicated, {counts['unknown']} unknown to the ledger, "
-            f"{counts['estimated']} estimated (interrupted streams, not counted)"
+            f"{counts['unbilled']} answered in PostHog but abandoned unbilled, "
+            f"{counts['estimated']} estimated (interrupted streams, not counted), "
+            f"{counts['backfilled']} backfilled earlier and not in PostHog yet"
         )
         if backfill:
             summary += f"; backfilled {sent}"
@@ -199,8 +213,16 @@ class Command(BaseCommand):
                 }
             )
 
+        recently_sent = set(
+            Backfill.objects.filter(
+                generation__in=ledger.values(), sent_at__gte=timezone.now() - RESEND_AFTER
+            ).values_list("generation_id", flat=True)
+        )
         for gid, generation in ledger.items():
             row = seen.get(gid)
+            if row is None and generation.pk in recently_sent:
+                problem(gid, "backfilled", f"{generation.cost:.8f}")
+                continue
             if row is None:
                 missing.append(generation)
                 problem(gid, "missing", f"{generation.cost:.8f}")
@@ -215,16 +237,17 @@ class Command(BaseCommand):
         # within the lag, or still pending, is known: it is simply not compared yet).
         others = [gid for gid in seen if gid not in ledger and _is_uuid(gid)]
         known = {
-            str(pk)
-            for pk in Generation.objects.filter(user_id=account.user_id, pk__in=others).values_list(
-                "pk", flat=True
-            )
+            str(pk): status
+            for pk, status in Generation.objects.filter(
+                user_id=account.user_id, pk__in=others
+            ).values_list("pk", "status")
         }
         for gid, row in seen.items():
+            posthog_cost = Decimal(repr(float(row["cost_usd"] or 0)))
             if gid not in ledger and gid not in known:
-                problem(
-                    gid, "unknown", posthog_cost=f"{Decimal(repr(float(row['cost_usd'] or 0))):.8f}"
-                )
+                problem(gid, "unknown", posthog_cost=f"{posthog_cost:.8f}")
+            elif known.get(gid) == Generation.Status.ABANDONED and posthog_cost > 0:
+                problem(gid, "unbilled", "0.00000000", f"{posthog_cost:.8f}")
         return {"checked": len(ledger), "problems": problems, "missing": missing}
 
     def _events(self, user_id, cycle) -> list[dict]:
@@ -276,8 +299,35 @@ class Command(BaseCommand):
         client = analytics.client()
         sent = 0
         for generation in generations:
-            if str(generation.pk) not in arrived:
+            if str(generation.pk) not in arrived and _claim(generation):
                 client.capture("$ai_generation", **backfill_event(generation))
                 sent += 1
         client.flush()
         return sent
+
+
+def _claim(generation: Generation) -> bool:
+    """Record that this run sends the generation; False if another run did so lately."""
+    now = timezone.now()
+    _, created = Backfill.objects.get_or_create(generation=generation, defaults={"sent_at": now})
+    if created:
+        return True
+    resend = Backfill.objects.filter(generation=generation, sent_at__lt=now - RESEND_AFTER)
+    return bool(resend.update(sent_at=now))
+
+
+@contextmanager
+def _run_lock():
+    """One reconcile run at a time: PostgreSQL's advisory lock, held by this session."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY])
+        if not cursor.fetchone()[0]:
+            raise CommandError("Another reconcile_usage run is in progress; try again later.")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
