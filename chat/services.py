@@ -21,11 +21,11 @@ from uuid import UUID
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import Http404
 from django.utils import timezone
 
-from chat import llm
+from chat import llm, spool
 from chat.models import Conversation, Message
 from chat.render import markdown_html
 from chatusage.db import step
@@ -211,6 +211,84 @@ class Answer:
     budget: dict  # BudgetView.as_dict() right after this answer settled
 
 
+@dataclass(frozen=True)
+class AnswerRecord:
+    """Everything that settling a delivered answer and saving it needs, and nothing that
+    needs the database to rebuild: so an answer can wait on disk while the database is away
+    (chat/spool.py) and be saved from there later, exactly as it would have been."""
+
+    reservation: limits.Reservation
+    usage: limits.TokenUsage
+    prompt_id: int
+    conversation_id: UUID
+    text: str
+    latency_ms: int | None
+    http_status: int | None
+    finish_reason: str
+    interrupted: bool
+    error: str  # what the user read beside a cut-short answer
+    demo: bool
+
+    @classmethod
+    def of(cls, turn: Turn, completion: llm.Completion, interrupted: bool, error) -> "AnswerRecord":
+        return cls(
+            reservation=turn.reservation,
+            usage=completion.usage or limits.estimate_usage(turn.reservation, completion.text),
+            prompt_id=turn.prompt.pk,
+            conversation_id=turn.conversation.pk,
+            text=completion.text,
+            latency_ms=completion.latency_ms,
+            http_status=error.http_status if error else completion.http_status,
+            finish_reason=completion.finish_reason or "",
+            interrupted=interrupted,
+            error=error.message if error else "",
+            demo=turn.provider.demo,
+        )
+
+    def save(self) -> tuple[limits.Settlement, Message]:
+        """Settle and save the answer in one transaction, one commit. Idempotent: run again
+        after a commit whose outcome was lost, it finds the answer and saves no second one.
+        Should saving fail, the call is settled (and its prompt marked answered) on its own
+        before the error goes on: what was delivered is billed, and a billed prompt never
+        offers Retry."""
+
+        def settle():
+            return limits.settle(
+                self.reservation,
+                self.usage,
+                latency_ms=self.latency_ms,
+                http_status=self.http_status,
+            )
+
+        try:
+            with transaction.atomic():
+                generation = settle()
+                answer = Message.objects.filter(
+                    generation_id=generation.pk, role=Message.Role.ASSISTANT
+                ).first()
+                if answer is None:
+                    Message.objects.filter(pk=self.prompt_id).update(failed=False)
+                    answer = Message.objects.create(
+                        conversation_id=self.conversation_id,
+                        role=Message.Role.ASSISTANT,
+                        content=self.text,
+                        generation_id=generation.pk,
+                        interrupted=self.interrupted,
+                        error=self.error,
+                        finish_reason=self.finish_reason,
+                        demo=self.demo,
+                    )
+                    Conversation.objects.filter(pk=self.conversation_id).update(
+                        updated_at=timezone.now()
+                    )
+        except Exception:
+            with transaction.atomic():
+                settle()
+                Message.objects.filter(pk=self.prompt_id).update(failed=False)
+            raise
+        return generation, answer
+
+
 def _finish(
     turn: Turn,
     completion: llm.Completion,
@@ -218,35 +296,7 @@ def _finish(
     error: llm.ProviderError | None = None,
 ) -> Answer:
     """Settle what was delivered and save it as the answer (cut short when interrupted)."""
-    usage = completion.usage or limits.estimate_usage(turn.reservation, completion.text)
-
-    def settle():
-        return limits.settle(
-            turn.reservation,
-            usage,
-            latency_ms=completion.latency_ms,
-            http_status=error.http_status if error else completion.http_status,
-        )
-
-    # Settled and saved in one transaction, one commit. Should saving fail, the call is
-    # settled on its own before the error goes on: what was delivered is billed.
-    try:
-        with transaction.atomic():
-            generation = settle()
-            Message.objects.filter(pk=turn.prompt.pk).update(failed=False)
-            answer = turn.conversation.messages.create(
-                role=Message.Role.ASSISTANT,
-                content=completion.text,
-                generation_id=generation.pk,
-                interrupted=interrupted,
-                error=error.message if error else "",
-                finish_reason=completion.finish_reason or "",
-                demo=turn.provider.demo,
-            )
-            Conversation.objects.filter(pk=turn.conversation.pk).update(updated_at=timezone.now())
-    except Exception:
-        settle()
-        raise
+    generation, answer = AnswerRecord.of(turn, completion, interrupted, error).save()
     return Answer(
         turn.conversation,
         answer,
@@ -294,15 +344,55 @@ def _settled(task: asyncio.Task) -> None:
 
 
 async def _settle(fn, *args, **kwargs):
-    """A settling step that finishes even if the request is cancelled meanwhile.
+    """A settling step that finishes even if the request is cancelled meanwhile, and that
+    waits out a database outage of up to SETTLE_RETRY_SECONDS.
 
     A client that goes away cancels the request's task; the write still completes (in
     its own task) and the cancellation is re-raised to the caller afterwards.
     """
-    task = asyncio.ensure_future(step(fn, *args, **kwargs))
+    task = asyncio.ensure_future(_retrying(fn, args, kwargs))
     _settling.add(task)
     task.add_done_callback(_settled)
     return await asyncio.shield(task)
+
+
+async def _retrying(fn, args, kwargs):
+    """`step(fn, ...)`, tried again with backoff while the database cannot be reached. Each
+    settling step is idempotent, so a try whose commit was lost is safe to repeat."""
+    give_up = time.monotonic() + settings.SETTLE_RETRY_SECONDS
+    delay = 0.25
+    while True:
+        try:
+            return await step(fn, *args, **kwargs)
+        except (OperationalError, InterfaceError):
+            if time.monotonic() + delay > give_up:
+                raise
+            log.warning("The database is unavailable to settle a turn; trying again in %ss", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class AnswerNotSaved(ChatError):
+    """The answer was delivered, but the database stayed away: it waits on disk."""
+
+    def __init__(self, text: str):
+        super().__init__(
+            "answer_not_saved",
+            "Your answer arrived, but it could not be saved: the database is unavailable. It "
+            "is kept, and will appear in this conversation (and in your usage) shortly.",
+            503,
+            response=text,
+        )
+
+
+async def _deliver(turn: Turn, completion: llm.Completion, interrupted=False, error=None):
+    """Settle and save a delivered answer (_finish); while the database stays away past the
+    retries, keep it on disk for `manage.py settle_spooled` and raise AnswerNotSaved."""
+    try:
+        return await _settle(_finish, turn, completion, interrupted, error)
+    except (OperationalError, InterfaceError) as exc:
+        spool.keep(AnswerRecord.of(turn, completion, interrupted, error))
+        raise AnswerNotSaved(completion.text) from exc
 
 
 async def _keep_leased(reservation: limits.Reservation) -> None:
@@ -339,7 +429,7 @@ async def answer(turn: Turn) -> Answer:
         except Exception as exc:  # a bug of ours: the call costs nothing, the error goes on
             await _settle(limits.settle, turn.reservation, error=f"Failed: {type(exc).__name__}")
             raise
-        return await _settle(_finish, turn, completion)
+        return await _deliver(turn, completion)
 
 
 _END = ("end", None)
@@ -413,7 +503,13 @@ async def _relay(turn: Turn, queue: asyncio.Queue) -> None:
             await _conclude(turn, stream, None)
             raise
         turn.concluding = True  # from here on the turn is settling: nobody cancels it
-        closing = await _conclude(turn, stream, error)
+        try:
+            closing = await _conclude(turn, stream, error)
+        except ChatError as exc:  # the answer waits on disk (AnswerNotSaved)
+            closing = "error", exc.as_dict()
+        except Exception:  # never leave the client without a closing event
+            log.exception("Settling a streamed turn failed")
+            closing = "error", {"error": "Something went wrong on our side.", "code": "internal"}
     queue.put_nowait(closing)
     queue.put_nowait(_END)
 
@@ -423,10 +519,10 @@ async def _conclude(turn: Turn, stream: llm.Stream | None, error: llm.ProviderEr
     if stream is not None and stream.result is None:
         await asyncio.shield(stream.close())
     if stream is not None and stream.result is not None and error is None:
-        done = await _settle(_finish, turn, stream.result)
+        done = await _deliver(turn, stream.result)
         return "done", _done_event(done)
     if stream is not None and stream.parts:
-        partial = await _settle(_finish, turn, stream.completion(), True, error)
+        partial = await _deliver(turn, stream.completion(), True, error)
         if error is None:
             return None
         return "error", {"error": error.message, "code": error.code, **_done_event(partial)}

@@ -288,6 +288,11 @@ CHAT_MAX_PROMPT_CHARS = 8000
 # The conversation history sent with each prompt, measured in UTF-8 bytes (an
 # upper bound on tokens), so the worst-case reservation stays bounded.
 CHAT_HISTORY_BYTES = env.int("CHAT_HISTORY_BYTES", default=24000)
+# A turn retries its settle this long while the database is away (set it below the lease,
+# so no other call can take the budget meanwhile); then the answer waits on disk in
+# CHAT_SPOOL_DIR for `manage.py settle_spooled` (chat/spool.py).
+SETTLE_RETRY_SECONDS = env.float("SETTLE_RETRY_SECONDS", default=45.0)
+CHAT_SPOOL_DIR = env.str("CHAT_SPOOL_DIR", default=str(BASE_DIR / "var" / "spool"))
 CHAT_RATE_LIMIT = env.str("CHAT_RATE_LIMIT", default="20/60")  # requests / seconds per user
 if not re.fullmatch(r"\d+/[1-9]\d*", CHAT_RATE_LIMIT):
     raise ImproperlyConfigured(

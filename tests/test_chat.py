@@ -563,10 +563,11 @@ def test_an_answer_that_cannot_be_saved_is_still_billed(alice, openai_mock, monk
     def failing(manager, **fields):
         raise RuntimeError("the answer could not be written")
 
-    monkeypatch.setattr(type(turn.conversation.messages), "create", failing)
+    monkeypatch.setattr(type(Message.objects), "create", failing)
     with pytest.raises(RuntimeError):
         async_to_sync(services.answer)(turn)
     generation = Generation.objects.get(pk=turn.reservation.generation_id)
     assert generation.status == "ok" and generation.cost > 0
     assert DailyUsage.objects.get(user=alice).generations == 1
     assert not Message.objects.filter(role=Message.Role.ASSISTANT).exists()
+    assert not Message.objects.get(pk=turn.prompt.pk).failed  # billed: Retry would bill again

@@ -5,18 +5,22 @@ import asyncio
 import contextlib
 import time
 from decimal import Decimal
+from io import StringIO
 
 import httpx2
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
+from django.core.management import call_command
+from django.db import OperationalError
 
-from chat import demo, llm, services, views
+from chat import demo, llm, services, spool, views
 from chat.models import Message
 from chatusage.db import step
 from tests.conftest import set_budget
 from tests.e2e.servers import endless_frames
 from tests.test_chat import api_request, client_goes_away, parse_sse, post, stream_directly
-from usage.models import Generation, ModelPrice
+from usage import limits
+from usage.models import DailyUsage, Generation, ModelPrice
 
 pytestmark = pytest.mark.django_db
 
@@ -273,3 +277,78 @@ def test_consecutive_deltas_that_arrived_together_go_out_as_one_event(alice, ope
     deltas = [data["text"] for kind, data in events if kind == "delta"]
     assert events[-1][0] == "done"
     assert "".join(deltas) == events[-1][1]["response"]
+
+
+def failing_saves(monkeypatch, times: int, exc=None):
+    """AnswerRecord.save raises `exc` (the database is away) `times` times, then works."""
+    original = services.AnswerRecord.save
+    calls = {"failed": 0}
+
+    def save(record):
+        if calls["failed"] < times:
+            calls["failed"] += 1
+            raise exc or OperationalError("connection to server lost")
+        return original(record)
+
+    monkeypatch.setattr(services.AnswerRecord, "save", save)
+    return calls
+
+
+def test_a_short_database_outage_at_settle_is_waited_out(alice, openai_mock, monkeypatch):
+    """B3: a 15-s cut: the text reached the user, the stream ended with neither done nor
+    error, nothing was saved and the prompt stayed "failed" (Retry billed again)."""
+    calls = failing_saves(monkeypatch, 3)
+    events = stream_events(alice)
+    assert calls["failed"] == 3
+    kind, data = events[-1]
+    assert kind == "done" and data["response"]
+    generation = only_generation(alice)
+    assert generation.status == "ok" and generation.cost > 0
+    prompt, answer = Message.objects.order_by("created_at", "id")
+    assert not prompt.failed and answer.content == data["response"]
+
+
+def test_an_answer_the_database_cannot_take_waits_on_disk_and_is_saved_once_later(
+    alice, openai_mock, monkeypatch, settings, tmp_path
+):
+    """B3: a 40-s cut: the rows were abandoned at $0 while the answers had been delivered."""
+    settings.SETTLE_RETRY_SECONDS = 0.5
+    settings.CHAT_SPOOL_DIR = str(tmp_path)
+    failing_saves(monkeypatch, 10**6)
+    events = stream_events(alice)
+    kind, data = events[-1]
+    assert (kind, data["code"]) == ("error", "answer_not_saved")
+    delivered = "".join(d["text"] for k, d in events if k == "delta")
+    assert data["response"] == delivered
+    assert only_generation(alice).status == "pending"
+    assert len(spool.kept()) == 1
+
+    monkeypatch.undo()  # the database is back
+    settings.CHAT_SPOOL_DIR = str(tmp_path)
+    out = StringIO()
+    call_command("settle_spooled", stdout=out)
+    assert "Saved 1 kept answer(s); 0 still waiting." in out.getvalue()
+    generation = only_generation(alice)
+    assert generation.status == "ok" and generation.cost > 0 and not generation.cost_estimated
+    prompt, answer = Message.objects.order_by("created_at", "id")
+    assert not prompt.failed and answer.content == delivered
+    assert spool.kept() == []
+
+
+def test_saving_the_same_answer_twice_bills_and_shows_it_once(alice, openai_mock):
+    turn = services._start_turn(alice, "Hello")
+    completion = llm.Completion("Hi there.", limits.TokenUsage(20, 0, 5), latency_ms=10)
+    record = services.AnswerRecord.of(turn, completion, False, None)
+    first, answer = record.save()
+    second, again = record.save()  # a retry after a commit whose outcome was lost
+    assert answer.pk == again.pk and first.cost == second.cost
+    assert Message.objects.filter(role="assistant").count() == 1
+    assert DailyUsage.objects.get(user=alice).generations == 1
+
+
+def test_a_stream_always_closes_even_when_saving_fails_for_another_reason(
+    alice, openai_mock, monkeypatch
+):
+    failing_saves(monkeypatch, 10**6, RuntimeError("a bug"))
+    kind, data = stream_events(alice)[-1]
+    assert (kind, data["code"]) == ("error", "internal")

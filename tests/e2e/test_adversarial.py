@@ -175,7 +175,11 @@ def long_app(tmp_path_factory):
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
     model = FakeModel(stream_seconds=STREAM_SECONDS, pieces=20)
     env = fake_model_env(
-        model.url, OPENAI_DEADLINE="30", GUNICORN_TIMEOUT="4", GUNICORN_GRACEFUL_TIMEOUT="2"
+        model.url,
+        OPENAI_DEADLINE="30",
+        GUNICORN_TIMEOUT="4",
+        GUNICORN_GRACEFUL_TIMEOUT="2",
+        DB_POOL_TIMEOUT="1",
     )
     try:
         with gunicorn_app(tmp_path_factory.mktemp("reload"), env, [("deploy", None)]) as app:
@@ -186,6 +190,7 @@ def long_app(tmp_path_factory):
 
 
 STREAM_SECONDS = 8.0
+OUTAGE_AFTER_ANSWERS = 4.0  # seconds
 
 
 def streams_across(app, signum, prefix: str) -> list:
@@ -215,6 +220,45 @@ def assert_all_answered_and_billed(app, results, prefix):
         f"{prefix} %",
     )
     assert len(rows) == 10 and all(status == "ok" and cost > 0 for status, cost in rows), rows
+
+
+def test_a_database_outage_while_streams_settle_loses_and_double_bills_nothing(long_app):
+    """B3: a 15-s cut 2 s into 20 streams: the full text reached the users, the streams
+    ended with neither done nor error, $20 was billed, no answer was saved and all 20
+    prompts stayed "failed" (Retry bills again). Here the database is cut while ten
+    streams run and comes back once the model has sent every answer."""
+    app = long_app
+    session = app.login("deploy")
+    results: list = []
+
+    def one(n):
+        results.append(chat(session_copy(session), app.url, f"outage {n}", stream=True))
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(10)]
+    for thread in threads:
+        thread.start()
+    assert wait_for(lambda: app.model.streaming == 10, 60), app.model.streaming
+    app.proxy.cut()
+    try:
+        assert wait_for(lambda: app.model.streaming == 0, 60)  # every answer delivered
+        # The fault itself: the database stays away this long after the answers ended,
+        # past the pool's own wait for a connection (DB_POOL_TIMEOUT, 1 s here).
+        threading.Event().wait(OUTAGE_AFTER_ANSWERS)
+    finally:
+        app.proxy.resume()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert Counter(status for status, _ in results) == {200: 10}, results
+    rows = app.sql(
+        "SELECT g.status, g.cost, p.failed, a.content FROM chat_message p "
+        "JOIN usage_generation g ON g.id = p.generation_id "
+        "LEFT JOIN chat_message a ON a.generation_id = g.id AND a.role = 'assistant' "
+        "WHERE p.role = 'user' AND p.content LIKE 'outage %%'"
+    )
+    assert len(rows) == 10, rows  # one answer each, none twice
+    assert all(status == "ok" and cost > 0 and not failed for status, cost, failed, _ in rows)
+    answers = {data["response"] for _, data in results}
+    assert {content for *_, content in rows} == answers
 
 
 def test_a_reload_during_streams_lets_each_finish_and_bills_it(long_app):
