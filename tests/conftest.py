@@ -16,6 +16,7 @@ import httpx2
 import pytest
 import requests
 import responses
+from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.test import Client
 
@@ -139,6 +140,18 @@ def dollar_model(db):
         model="dollar-model", input_per_1m=0, cached_input_per_1m=0, output_per_1m=10_000
     )
     return "dollar-model"
+
+
+def streamed(response) -> bytes:
+    """A streamed response's whole body, whether its content is sync or async."""
+    content = response.streaming_content
+    if hasattr(content, "__aiter__"):
+
+        async def read():
+            return b"".join([chunk async for chunk in content])
+
+        return async_to_sync(read)()
+    return b"".join(content)
 
 
 def set_budget(user, budget, message_limit=None):

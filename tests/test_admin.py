@@ -7,7 +7,7 @@ from decimal import Decimal
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from tests.conftest import set_budget
+from tests.conftest import set_budget, streamed
 from usage.limits import TokenUsage, reserve, settle
 from usage.models import Generation, ModelPrice
 
@@ -124,7 +124,7 @@ def test_generations_are_read_only_and_export_as_csv(staff_client, alice):
         "/admin/usage/generation/",
         {"action": "export_csv", "_selected_action": [str(first.pk)]},
     )
-    content = b"".join(response.streaming_content).decode()
+    content = streamed(response).decode()
     rows = list(csv.DictReader(io.StringIO(content)))
     assert [r["generation_id"] for r in rows] == [str(first.pk)]
     assert rows[0]["user"] == "alice"

@@ -11,6 +11,7 @@ import pytest
 import responses
 from django.test import Client
 
+from tests.conftest import streamed
 from tests.e2e.servers import QUERY_COLUMNS
 from usage import reports
 from usage.cycles import Cycle, cycle_for, local_day
@@ -247,7 +248,7 @@ def test_users_see_only_their_own_numbers(anchored, history, bob):
     data = client.get(f"/api/usage/?userId={anchored.pk}&user_id={anchored.pk}").json()
     assert data["totals"]["messages"] == 1
     assert data["totals"]["input_tokens"] == 5000
-    csv_text = b"".join(client.get(f"/usage/export.csv?userId={anchored.pk}").streaming_content)
+    csv_text = streamed(client.get(f"/usage/export.csv?userId={anchored.pk}"))
     rows = list(csv.DictReader(io.StringIO(csv_text.decode())))
     assert len(rows) == 1
     assert not Generation.objects.filter(user=anchored, id__in=[r["generation_id"] for r in rows])
@@ -276,7 +277,7 @@ def test_the_csv_export_lists_the_cycles_generations(anchored, history):
     response = client.get("/usage/export.csv")
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert "attachment" in response["Content-Disposition"]
-    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    rows = list(csv.DictReader(io.StringIO(streamed(response).decode())))
     assert {r["generation_id"] for r in rows} == {str(g.pk) for g in history}
     assert sum(Decimal(r["cost_usd"]) for r in rows) == sum(g.cost for g in history)
     assert {r["status"] for r in rows} == {"ok", "error"}

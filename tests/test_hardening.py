@@ -15,7 +15,7 @@ from django.test import Client
 
 from chat import views
 from chat.models import Message
-from tests.conftest import hold_budget, set_budget
+from tests.conftest import hold_budget, set_budget, streamed
 from tests.test_accounts import PRODUCTION_ENV, _manage
 from tests.test_chat import OPENAI_COMPLETION, api_request, post
 from usage.models import Generation, UsageAccount
@@ -85,9 +85,7 @@ def test_exports_cannot_carry_spreadsheet_formulas(alice, staff_client):
     client = Client()
     client.force_login(alice)
     user_rows = list(
-        csv.DictReader(
-            io.StringIO(b"".join(client.get("/usage/export.csv").streaming_content).decode())
-        )
+        csv.DictReader(io.StringIO(streamed(client.get("/usage/export.csv")).decode()))
     )
     assert (user_rows[0]["model"], user_rows[0]["provider"]) == ("'@SUM(1+1)", "'-2+3")
     generation = Generation.objects.get(user=alice)
@@ -95,7 +93,7 @@ def test_exports_cannot_carry_spreadsheet_formulas(alice, staff_client):
         "/admin/usage/generation/",
         {"action": "export_csv", "_selected_action": [str(generation.pk)]},
     )
-    [row] = csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode()))
+    [row] = csv.DictReader(io.StringIO(streamed(response).decode()))
     assert row["user"].startswith("'=") and row["error"].startswith("'+")
 
 

@@ -23,7 +23,6 @@ from django.db.models import (
     When,
 )
 from django.db.models.functions import Coalesce
-from django.http import StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -31,7 +30,7 @@ from django.utils.http import urlencode
 
 from usage import alerts, reports
 from usage.cycles import current_cycle_bounds_by_anchor_day
-from usage.exports import csv_lines
+from usage.exports import csv_response
 from usage.models import Alert, DailyUsage, Generation, ModelPrice, UsageAccount
 from usage.templatetags.money import usd
 
@@ -398,14 +397,10 @@ class GenerationAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Export selected generations as CSV", permissions=["view"])
     def export_csv(self, request, queryset):
-        generations = queryset.select_related("user").order_by("created_at")
-        response = StreamingHttpResponse(
-            csv_lines(generations.iterator(chunk_size=2000), settings.USAGE_TIME_ZONE, staff=True),
-            content_type="text/csv; charset=utf-8",
-        )
         # The download is the answer: a message here would only show on the next page.
-        response["Content-Disposition"] = 'attachment; filename="generations.csv"'
-        return response
+        return csv_response(
+            request.user, queryset, settings.USAGE_TIME_ZONE, "generations.csv", staff=True
+        )
 
 
 @admin.register(ModelPrice)

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -23,7 +23,7 @@ from usage.cycles import (
     earlier_cycles,
     local_day,
 )
-from usage.exports import csv_lines
+from usage.exports import csv_response
 from usage.models import Alert, Generation
 
 EARLIER_CYCLES_SHOWN = 12
@@ -135,13 +135,12 @@ def export_csv(request: HttpRequest) -> HttpResponse:
         cycle = _cycle_from(request, account)
     except BadCycle as exc:
         return HttpResponse(str(exc), status=400, content_type="text/plain")
-    generations = _cycle_generations(request.user, cycle).iterator(chunk_size=2000)
-    response = StreamingHttpResponse(
-        csv_lines(generations, cycle.tz), content_type="text/csv; charset=utf-8"
+    return csv_response(
+        request.user,
+        _cycle_generations(request.user, cycle),
+        cycle.tz,
+        f"chatusage-{cycle.start_date.isoformat()}.csv",
     )
-    filename = f"chatusage-{cycle.start_date.isoformat()}.csv"
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
 
 
 @api_view(("GET",))
