@@ -54,7 +54,9 @@ def untracked():
     bare = bare_client()
 
     def reserve(user, model, messages, max_tokens, provider="openai", conversation_id=None):
-        return limits.Reservation(uuid.uuid4(), user.pk, model, provider, price, 0, 0, max_tokens)
+        return limits.Reservation(
+            uuid.uuid4(), user.pk, model, provider, price, 0, 0, max_tokens, timezone.now()
+        )
 
     def settle(reservation, usage=None, *, error="", latency_ms=None, http_status=None):
         return limits.Settlement(
@@ -141,6 +143,7 @@ def calls(user):
                 generation_id=reservation.generation_id,
                 conversation_id=reservation.generation_id,
                 price=price,
+                reserved_at=reservation.reserved_at,
             )
             await step(
                 limits.settle, reservation, completion.usage, latency_ms=completion.latency_ms

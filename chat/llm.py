@@ -16,6 +16,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -139,6 +140,7 @@ def _call_options(
     generation_id: UUID,
     conversation_id: UUID,
     price: Price,
+    reserved_at: datetime,
 ) -> dict:
     options = {
         "model": provider.model,
@@ -149,6 +151,9 @@ def _call_options(
         "posthog_properties": {
             "generation_id": str(generation_id),
             "conversation_id": str(conversation_id),
+            # The event is dated when the call was reserved (chatusage.analytics): PostHog's
+            # report then puts it in the same cycle and day as the ledger does.
+            analytics.RESERVED_AT: reserved_at.isoformat(),
             **price.posthog_properties(),
         },
     }

@@ -199,6 +199,7 @@ def _call_context(turn: Turn) -> dict:
         "generation_id": turn.reservation.generation_id,
         "conversation_id": turn.conversation.pk,
         "price": turn.reservation.price,
+        "reserved_at": turn.reservation.reserved_at,
     }
 
 

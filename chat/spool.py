@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 from dataclasses import asdict
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from uuid import UUID
@@ -33,6 +34,8 @@ def directory() -> Path:
 def _plain(value):
     if isinstance(value, UUID | Decimal):
         return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
@@ -70,6 +73,7 @@ def load(path: Path):
             **held,
             "generation_id": UUID(held["generation_id"]),
             "reserved_cost": Decimal(held["reserved_cost"]),
+            "reserved_at": datetime.fromisoformat(held["reserved_at"]),
             "price": Price(
                 price["model"],
                 Decimal(price["input_per_1m"]),

@@ -26,6 +26,20 @@ def _on_capture_error(error: Exception, batch) -> None:
     )
 
 
+# The property that carries when a generation's call was reserved (ISO 8601, UTC).
+RESERVED_AT = "chatusage_reserved_at"
+
+
+def _dated_at_reservation(event: dict) -> dict:
+    """An $ai_generation event is dated when its call was reserved, not when the wrapper
+    captured it at the end: the ledger charges a call to the day and cycle it began in, and
+    PostHog's queries (which filter on the event's timestamp) must agree with it."""
+    reserved_at = (event.get("properties") or {}).get(RESERVED_AT)
+    if reserved_at:
+        event["timestamp"] = reserved_at
+    return event
+
+
 def client() -> posthog.Posthog:
     global _client
     with _lock:
@@ -36,6 +50,7 @@ def client() -> posthog.Posthog:
                 disabled=not settings.POSTHOG_API_KEY,
                 privacy_mode=settings.POSTHOG_PRIVACY_MODE,
                 on_error=_on_capture_error,
+                before_send=_dated_at_reservation,
                 timeout=5,
                 max_retries=3,
             )

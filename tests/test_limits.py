@@ -1,14 +1,20 @@
 import threading
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import DatabaseError, connection, connections, transaction
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django.utils import timezone as django_timezone
 
-from tests.conftest import set_budget
-from usage import limits, sql
+from chat import services
+from tests.conftest import set_budget, streamed
+from usage import limits, reports, sql
+from usage.cycles import cycle_containing
 from usage.limits import TokenUsage, UsageLimitReached, reserve, settle
 from usage.models import DailyUsage, Generation, UsageAccount
 
@@ -262,3 +268,43 @@ def test_the_query_log_sees_every_ledger_statement(alice):
     assert "INSERT INTO usage_generation" in logged
     assert "UPDATE usage_generation" in logged
     assert "INSERT INTO usage_dailyusage" in logged
+
+
+def at(monkeypatch, moment):
+    monkeypatch.setattr(django_timezone, "now", lambda: moment.astimezone(UTC))
+
+
+def test_a_call_in_flight_at_the_end_of_a_cycle_is_charged_to_the_cycle_it_began_in(
+    alice, settings, monkeypatch, posthog_capture, openai_mock
+):
+    """Calls in flight when a cycle ended were charged to the next one: the old cycle showed
+    $1 of the $4 used in it. Kathmandu (+05:45): its midnight is at no whole UTC hour."""
+    zone = ZoneInfo("Asia/Kathmandu")
+    settings.USAGE_TIME_ZONE = zone
+    UsageAccount.objects.filter(user=alice).update(billing_anchor=date(2026, 3, 15))
+    old = cycle_containing(15, date(2026, 4, 14), zone)
+    new = cycle_containing(15, date(2026, 4, 15), zone)
+    assert old.end == new.start == datetime(2026, 4, 15, tzinfo=zone)
+
+    at(monkeypatch, datetime(2026, 4, 14, 23, 59, 50, tzinfo=zone))  # reserved in the old cycle
+    turn = services._start_turn(alice, "Just before midnight")
+    at(monkeypatch, datetime(2026, 4, 15, 0, 0, 10, tzinfo=zone))  # answered in the new one
+    answer = async_to_sync(services.answer)(turn)
+    cost = Generation.objects.get(pk=answer.generation_id).cost
+    assert cost > 0
+
+    account = UsageAccount.objects.get(user=alice)
+    assert limits.spend_for(account, old).settled_cost == cost  # reserve() and alerts
+    assert limits.spend_for(account, new).settled_cost == 0
+    assert reports.report_for(alice, old).totals.cost == round(cost, 6)  # the usage page
+    assert reports.report_for(alice, new).totals.cost == 0
+    client = Client()
+    client.force_login(alice)
+    exported = streamed(client.get("/usage/export.csv?cycle=2026-04-14")).decode()
+    assert str(answer.generation_id) in exported
+    assert str(answer.generation_id) not in streamed(client.get("/usage/export.csv")).decode()
+    # PostHog's copy is dated when the call was reserved, so its report agrees.
+    [event] = posthog_capture.generations()
+    assert datetime.fromisoformat(event["timestamp"]) == datetime(
+        2026, 4, 14, 23, 59, 50, tzinfo=zone
+    )

@@ -51,6 +51,9 @@ class Reservation:
     reserved_cost: Decimal
     input_token_bound: int
     max_tokens: int
+    # The call belongs to the cycle (and local day) it was reserved in, whenever it settles:
+    # a call in flight across midnight or a cycle's end is charged where it began.
+    reserved_at: datetime
     alerting: bool = False  # settling may cross an alert threshold (usage/alerts.py)
 
 
@@ -370,6 +373,7 @@ def reserve(
         reserved_cost=worst_case,
         input_token_bound=input_bound,
         max_tokens=max_tokens,
+        reserved_at=now,
         alerting=alerts.watches(account),
     )
 
@@ -461,7 +465,11 @@ def settle(
     watch = reservation.alerting and fields["cost"] > 0
     user_id = reservation.user_id
     statements = sql.settle(
-        reservation.generation_id, user_id, reservation.model, local_day(now), fields
+        reservation.generation_id,
+        user_id,
+        reservation.model,
+        local_day(reservation.reserved_at),
+        fields,
     )
     if watch:
         # Alerts need this user's settles in a row: the lock makes each one read the spend

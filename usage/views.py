@@ -3,7 +3,6 @@ from datetime import date
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -116,15 +115,10 @@ def refresh(request: HttpRequest) -> HttpResponse:
 
 
 def _cycle_generations(user, cycle: Cycle):
-    """Generations counted in the cycle: settled in it, or still pending since it began."""
-    return (
-        Generation.objects.filter(user=user)
-        .filter(
-            Q(settled_at__gte=cycle.start, settled_at__lt=cycle.end)
-            | Q(settled_at__isnull=True, created_at__gte=cycle.start, created_at__lt=cycle.end)
-        )
-        .order_by("created_at")
-    )
+    """Generations counted in the cycle: reserved in it, wherever they settled."""
+    return Generation.objects.filter(
+        user=user, created_at__gte=cycle.start, created_at__lt=cycle.end
+    ).order_by("created_at")
 
 
 @login_required

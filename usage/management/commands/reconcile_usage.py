@@ -77,6 +77,7 @@ def backfill_event(generation: Generation) -> dict:
         "$ai_cache_read_token_price": float(generation.price_cached_input_per_1m / MILLION),
         "$ai_http_status": generation.http_status or (200 if generation.status == "ok" else 0),
         "generation_id": str(generation.pk),
+        analytics.RESERVED_AT: generation.created_at.isoformat(),
         "chatusage_backfill": True,
     }
     if generation.cached_input_tokens:
@@ -92,7 +93,7 @@ def backfill_event(generation: Generation) -> dict:
     return {
         "distinct_id": str(generation.user_id),
         "properties": properties,
-        "timestamp": generation.settled_at,
+        "timestamp": generation.created_at,  # a call is dated when it was reserved
         # The generation id as the event uuid: a second backfill of the same call is
         # deduplicated by PostHog instead of counted twice.
         "uuid": str(generation.pk),
@@ -194,8 +195,9 @@ class Command(BaseCommand):
             for g in Generation.objects.filter(
                 user_id=account.user_id,
                 status__in=[Generation.Status.OK, Generation.Status.ERROR],
-                settled_at__gte=cycle.start,
-                settled_at__lt=min(cycle.end, settled_before),
+                created_at__gte=cycle.start,  # the cycle a call was reserved in
+                created_at__lt=cycle.end,
+                settled_at__lt=settled_before,
             )
         }
         seen = {row["generation_id"]: row for row in self._events(account.user_id, cycle)}
