@@ -1,6 +1,6 @@
 """Settings for chatusage: one module, every value read from the environment.
 
-Names and defaults follow DESIGN.md's environment contract. A fresh clone runs
+Names and defaults are the README's configuration table. A fresh clone runs
 with nothing configured (SQLite, local memory cache, offline demo model, no
 PostHog); production refuses to start without SECRET_KEY.
 """
@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+from chatusage.parsing import percentages
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -141,7 +143,7 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# DESIGN.md names the local memory cache locmem://; django-environ calls it locmemcache://.
+# The README names the local memory cache locmem://; django-environ calls it locmemcache://.
 _cache_url = env.str("CACHE_URL", default="locmem://")
 if _cache_url.startswith("locmem://"):
     _cache_url = "locmemcache://" + _cache_url.removeprefix("locmem://")
@@ -352,14 +354,9 @@ for _name in (
 # --- Budget alerts (usage/alerts.py) ------------------------------------------
 def _thresholds(raw: str) -> list[Decimal]:
     try:
-        values = sorted({Decimal(part.strip()) for part in raw.split(",") if part.strip()})
-    except InvalidOperation as exc:
-        raise ImproperlyConfigured(
-            f"USAGE_ALERT_THRESHOLDS must be percentages such as 50,80, not {raw!r}."
-        ) from exc
-    if any(v <= 0 for v in values):
-        raise ImproperlyConfigured("USAGE_ALERT_THRESHOLDS must be positive percentages.")
-    return values
+        return percentages(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"USAGE_ALERT_THRESHOLDS: {exc} Not {raw!r}.") from exc
 
 
 USAGE_ALERT_THRESHOLDS = _thresholds(env.str("USAGE_ALERT_THRESHOLDS", default="50,80"))

@@ -292,3 +292,30 @@ def test_the_block_action_says_what_it_does(staff_client):
     listing = staff_client.get("/admin/auth/user/").content.decode()
     assert "Block: pause chat" in listing
     assert "Set budget to 0" not in listing  # budget 0 means no cap, the opposite
+
+
+def test_near_follows_the_alert_thresholds_everywhere(staff_client, alice, bob, settings):
+    """ "Near" was 80 % in five places, whatever USAGE_ALERT_THRESHOLDS said."""
+    from django.test import Client
+
+    from tests.conftest import settled_today
+
+    settings.USAGE_ALERT_THRESHOLDS = [Decimal(50), Decimal(90)]
+    set_budget(alice, "1.00")
+    settled_today(alice, "0.85")  # past 80, below 90: not near any more
+    set_budget(bob, "1.00")
+    settled_today(bob, "1.00")  # exactly 100 %: over, in admin as on bob's own page
+
+    def listed(query):
+        page = staff_client.get(f"/admin/auth/user/{query}").content.decode()
+        return set(re.findall(r'field-username"><a [^>]*>([^<]+)</a>', page))
+
+    assert listed("?budget=near") == {"bob"}  # near or over, from 90 %
+    assert listed("?budget=over") == {"bob"}
+    index = staff_client.get("/admin/").content.decode()
+    assert "0 near their budget</a> (90% or more)" in index and "1 at or over it" in index
+    client = Client()
+    client.force_login(alice)
+    assert client.get("/api/usage/").json()["budget"]["state"] == "ok"
+    client.force_login(bob)
+    assert client.get("/api/usage/").json()["budget"]["state"] == "over"

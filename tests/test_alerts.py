@@ -16,7 +16,7 @@ from django.test import Client
 from django.utils import timezone
 
 from tests.conftest import set_budget
-from usage import alerts
+from usage import alerts, budget
 from usage.limits import TokenUsage, UsageLimitReached, reserve, settle
 from usage.models import Alert, ModelPrice
 
@@ -263,4 +263,7 @@ def test_a_malformed_per_user_threshold_is_refused_in_admin(alice, staff_client)
         account.full_clean()
     account.alert_thresholds = " 50, 80.5 "
     account.full_clean()
-    assert alerts.thresholds_for(account) == [Decimal(50), Decimal("80.5")]
+    assert budget.thresholds_for(account) == [Decimal(50), Decimal("80.5")]
+    account.alert_thresholds = "0, 50"  # the settings refuse 0, and so does the model
+    with pytest.raises(ValidationError):
+        account.full_clean()

@@ -379,7 +379,8 @@ def test_only_one_request_per_user_and_cycle_asks_posthog_at_a_time(
         ("1.00", "0", "ok", "0.0% used"),
         ("1.00", "0.79", "ok", "79.0% used"),
         ("1.00", "0.80", "near", "80.0% used"),
-        ("1.00", "1.00", "near", "100.0% used"),
+        # At exactly 100 % the budget is used up: over, on every page and in admin alike.
+        ("1.00", "1.00", "over", "100.0% used · <strong>budget used up</strong>"),
         ("1.00", "1.54", "over", "154.0% used · <strong>over by $0.54</strong>"),
     ],
 )

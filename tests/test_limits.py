@@ -308,3 +308,16 @@ def test_a_call_in_flight_at_the_end_of_a_cycle_is_charged_to_the_cycle_it_began
     assert datetime.fromisoformat(event["timestamp"]) == datetime(
         2026, 4, 14, 23, 59, 50, tzinfo=zone
     )
+
+
+def test_the_message_limit_refusal_counts_what_the_rule_counts(alice, dollar_model):
+    """The rule counts messages being answered; the text said "9 of 10" when it refused."""
+    set_budget(alice, "0", message_limit=2)
+    settle(reserve(alice, dollar_model, MESSAGES, 1), TokenUsage(0, 0, 1))
+    reserve(alice, dollar_model, MESSAGES, 1)  # in flight
+    with pytest.raises(UsageLimitReached) as refused:
+        reserve(alice, dollar_model, MESSAGES, 1)
+    assert "you have used 2 of your 2 messages this cycle (1 still being answered)" in str(
+        refused.value
+    )
+    assert refused.value.as_dict()["messages"] == 2

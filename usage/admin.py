@@ -9,92 +9,20 @@ from django.contrib.admin.helpers import ActionForm
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.validators import MinValueValidator
-from django.db.models import (
-    Case,
-    DateField,
-    DecimalField,
-    ExpressionWrapper,
-    F,
-    IntegerField,
-    OuterRef,
-    Subquery,
-    Sum,
-    Value,
-    When,
-)
-from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
-from usage import alerts, reports
-from usage.cycles import current_cycle_bounds_by_anchor_day
+from usage import alerts, budget, reports
 from usage.exports import csv_response
 from usage.models import Alert, DailyUsage, Generation, ModelPrice, UsageAccount
+from usage.reports import with_cycle_usage
 from usage.templatetags.money import usd
 
 User = get_user_model()
-MONEY = DecimalField(max_digits=20, decimal_places=10)
 RECENT_GENERATIONS = 20
 ZONE = settings.USAGE_TIME_ZONE.key  # every time staff read is in the billing zone, labelled
-
-
-def _by_anchor_day(attribute: str):
-    """Each user's current cycle start/end as one CASE over their anchor's day of month."""
-    bounds = current_cycle_bounds_by_anchor_day()
-    return Case(
-        *[
-            When(usage_account__billing_anchor__day=day, then=Value(getattr(cycle, attribute)))
-            for day, cycle in bounds.items()
-        ],
-        output_field=DateField(),
-    )
-
-
-def _cycle_sum(field: str, output_field):
-    rollup = (
-        DailyUsage.objects.filter(
-            user=OuterRef("pk"),
-            day__gte=OuterRef("cycle_start"),
-            day__lt=OuterRef("cycle_end"),
-        )
-        .order_by()
-        .values("user")
-        .annotate(total=Sum(field))
-        .values("total")
-    )
-    return Coalesce(
-        Subquery(rollup, output_field=output_field), Value(0), output_field=output_field
-    )
-
-
-def with_cycle_usage(queryset):
-    """Annotate cycle_messages, cycle_cost, budget and budget_pct in one query, any user count."""
-    default_budget = settings.USAGE_DEFAULT_BUDGET_USD
-    return (
-        queryset.annotate(
-            cycle_start=_by_anchor_day("start_date"),
-            cycle_end=_by_anchor_day("end_date"),
-        )
-        .annotate(
-            cycle_messages=_cycle_sum("generations", IntegerField()),
-            cycle_cost=_cycle_sum("cost", MONEY),
-            budget=Coalesce(
-                F("usage_account__budget_usd"), Value(default_budget), output_field=MONEY
-            ),
-        )
-        .annotate(
-            budget_pct=Case(
-                When(
-                    budget__gt=0,
-                    then=ExpressionWrapper(F("cycle_cost") * 100 / F("budget"), output_field=MONEY),
-                ),
-                default=None,
-                output_field=MONEY,
-            )
-        )
-    )
 
 
 class BudgetFilter(admin.SimpleListFilter):
@@ -102,17 +30,19 @@ class BudgetFilter(admin.SimpleListFilter):
     parameter_name = "budget"
 
     def lookups(self, request, model_admin):
+        near = budget.near_from()
         return [
-            ("near", "Near (80% or more)"),
-            ("over", "Over (100% or more)"),
+            *([("near", f"Near or over ({near:g}% or more)")] if near is not None else []),
+            ("over", f"Over ({budget.OVER:g}% or more)"),
             ("uncapped", "No cap"),
         ]
 
     def queryset(self, request, queryset):
-        if self.value() == "near":
-            return queryset.filter(budget_pct__gte=80)
+        near = budget.near_from()
+        if self.value() == "near" and near is not None:
+            return queryset.filter(budget_pct__gte=near)
         if self.value() == "over":
-            return queryset.filter(budget_pct__gte=100)
+            return queryset.filter(budget_pct__gte=budget.OVER)
         if self.value() == "uncapped":
             return queryset.filter(budget=0)
         return queryset
@@ -283,7 +213,7 @@ class UserAdmin(DjangoUserAdmin):
         if obj.budget_pct is None:
             return "—"
         pct = Decimal(obj.budget_pct).quantize(Decimal("0.1"))
-        colour = "#c62828" if pct >= 100 else "#e6a700" if pct >= 80 else "inherit"
+        colour = {"over": "#c62828", "near": "#e6a700"}.get(budget.state(pct), "inherit")
         return format_html('<span style="color:{}">{}%</span>', colour, pct)
 
     @admin.display(description="This cycle")

@@ -33,6 +33,7 @@ from django.db import connection, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from usage import budget, sql
 from usage.cycles import Cycle
 from usage.models import Alert, UsageAccount
 
@@ -49,15 +50,9 @@ _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="alerts")
 # --- deciding (inside the ledger's transactions) ------------------------------
 
 
-def thresholds_for(account: UsageAccount) -> list[Decimal]:
-    if account.alert_thresholds.strip():
-        return sorted({Decimal(p.strip()) for p in account.alert_thresholds.split(",") if p})
-    return settings.USAGE_ALERT_THRESHOLDS
-
-
 def watches(account: UsageAccount) -> bool:
     """Whether settling a call of this account can raise an alert (so settle must look)."""
-    capped = bool(account.effective_budget) and bool(thresholds_for(account))
+    capped = bool(account.effective_budget) and bool(budget.thresholds_for(account))
     return capped or settings.USAGE_STAFF_ALERT_USD is not None
 
 
@@ -101,21 +96,23 @@ def after_settle(account: UsageAccount, cycle: Cycle, spent: Decimal, added: Dec
     """Record the thresholds this settle crossed: `spent` is the cycle's settled spend read
     after the rollup took `added`. Call inside the settle's transaction, with the account
     row locked."""
+    sql.require_transaction("after_settle()")
     before = spent - added
-    budget = account.effective_budget
-    if budget:
-        for percent in thresholds_for(account):
-            line = budget * percent / 100
+    cap = account.effective_budget
+    if cap:
+        for percent in budget.thresholds_for(account):
+            line = cap * percent / 100
             if before < line <= spent:
-                _record(account, cycle, Alert.Kind.THRESHOLD, percent, spent, budget)
+                _record(account, cycle, Alert.Kind.THRESHOLD, percent, spent, cap)
     amount = settings.USAGE_STAFF_ALERT_USD
     if amount is not None and before <= amount < spent:
-        _record(account, cycle, Alert.Kind.OVER_AMOUNT, amount, spent, budget)
+        _record(account, cycle, Alert.Kind.OVER_AMOUNT, amount, spent, cap)
 
 
 def after_refusal(account: UsageAccount, cycle: Cycle, spent: Decimal) -> None:
     """The first refusal of the cycle for the budget or the message limit (inside
     reserve()'s transaction, which commits it before the refusal is raised)."""
+    sql.require_transaction("after_refusal()")
     _record(account, cycle, Alert.Kind.LIMIT, Decimal(0), spent, account.effective_budget)
 
 

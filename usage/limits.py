@@ -24,7 +24,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from usage import alerts, sql
+from usage import alerts, budget, sql
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.models import Generation, UsageAccount
 from usage.pricing import COST_QUANTUM, Price, price_for
@@ -127,12 +127,8 @@ class Spend:
 
     @property
     def state(self) -> str:
-        """ok, near (from 80%) or over (past the budget); ok without a cap."""
-        if not self.budget:
-            return "ok"
-        if self.settled_cost > self.budget:
-            return "over"
-        return "near" if self.percent >= 80 else "ok"
+        """ok, near or over (usage/budget.py); ok without a cap."""
+        return budget.state(self.percent)
 
     @property
     def over_by(self) -> Decimal:
@@ -161,9 +157,13 @@ class UsageLimitReached(Exception):
                 f"this cycle. It resets on {resets}."
             )
         else:
+            # The rule counts the messages being answered too: so does the text.
+            used = spend.settled_messages + spend.pending_messages
+            pending = spend.pending_messages
+            being_answered = f" ({pending} still being answered)" if pending else ""
             message = (
-                f"Usage limit reached: you have used {spend.settled_messages} of your "
-                f"{spend.message_limit} messages this cycle. It resets on {resets}."
+                f"Usage limit reached: you have used {used} of your {spend.message_limit} "
+                f"messages this cycle{being_answered}. It resets on {resets}."
             )
         super().__init__(message)
 
@@ -177,7 +177,7 @@ class UsageLimitReached(Exception):
             "reason": self.reason,
             "spent": str(self.spend.settled_cost.quantize(Decimal("0.000001"))),
             "budget": str(self.spend.budget),
-            "messages": self.spend.settled_messages,
+            "messages": self.spend.settled_messages + self.spend.pending_messages,
             "message_limit": self.spend.message_limit,
             "resets_at": self.spend.cycle.end.isoformat(),
         }
@@ -298,6 +298,7 @@ def _locked_spend(user_id: int, now: datetime, hold=None) -> tuple[UsageAccount,
     after it. Returns (account, spend, whether `hold` is in): off the usual path (an account
     to make, stale reservations to release) it is taken back, and the caller decides again.
     """
+    sql.require_transaction("_locked_spend()")
     account_rows, spend_rows, *_ = sql.batch(
         sql.lock_account(user_id),
         _recent_spend(user_id, now),

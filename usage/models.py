@@ -4,10 +4,11 @@ import uuid
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+from usage.budget import validate_thresholds
 
 MONEY = {"max_digits": 20, "decimal_places": 10}
 PRICE = {"max_digits": 12, "decimal_places": 6}
@@ -72,12 +73,7 @@ class UsageAccount(models.Model):
         max_length=100,
         blank=True,
         # settle() reads this on the chat path: a malformed value must never get stored.
-        validators=[
-            RegexValidator(
-                r"^\s*\d+(\.\d+)?(\s*,\s*\d+(\.\d+)?)*\s*$",
-                "Percentages separated by commas, such as 50,80.",
-            )
-        ],
+        validators=[validate_thresholds],
         help_text="Percent of the budget, comma-separated (50,80). Empty: the default from "
         "settings (USAGE_ALERT_THRESHOLDS).",
     )

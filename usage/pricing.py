@@ -51,7 +51,11 @@ class Price:
         return total.quantize(COST_QUANTUM)
 
     def posthog_properties(self) -> dict[str, float]:
-        """Per-ONE-token prices, the names PostHog's cost step reads (posthog-notes)."""
+        """Per-ONE-token prices, under the names PostHog's ingestion reads to price an event:
+        sent with both the input and output price, they override its own price list, so
+        PostHog's $ai_total_cost_usd equals the ledger's cost (cached input tokens are part
+        of $ai_input_tokens and priced at the cache price).
+        https://posthog.com/docs/llm-analytics/calculating-costs"""
         return {
             "$ai_input_token_price": float(self.input_per_1m / MILLION),
             "$ai_output_token_price": float(self.output_per_1m / MILLION),

@@ -12,12 +12,26 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from django.conf import settings
+from django.db.models import (
+    Case,
+    DateField,
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    IntegerField,
+    OuterRef,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chatusage import cache as shared_cache
 from chatusage import ratelimit
 from usage import hogql
-from usage.cycles import Cycle, cycle_for
+from usage.cycles import Cycle, current_cycle_bounds_by_anchor_day, cycle_for
 from usage.limits import Spend, spend_for
 from usage.models import DailyUsage, UsageAccount
 
@@ -142,7 +156,7 @@ class UsageReport:
 
         return {
             # The original tutorial's page renders usage.toLocaleString() + " messages" and
-            # estimatedCost.toFixed(6): both stay plain numbers (DESIGN.md's URL contract).
+            # estimatedCost.toFixed(6): both stay plain numbers (the README's URL table says so).
             "usage": self.totals.messages,
             "estimatedCost": float(self.totals.cost),
             "totals": totals(self.totals),
@@ -368,3 +382,67 @@ def report_for(
     spend = spend_for(account, cycle, include_pending=cycle == current)
     rows, source, as_of, note = _posthog_or_ledger(user.pk, cycle, refresh, cycle == current)
     return build_report(cycle, rows, spend, source, as_of, note, is_current=cycle == current)
+
+
+# --- Every user's current cycle at once (the admin's user list, the staff summary) ---
+
+MONEY_FIELD = DecimalField(max_digits=20, decimal_places=10)
+
+
+def _by_anchor_day(attribute: str):
+    """Each user's current cycle start/end as one CASE over their anchor's day of month."""
+    bounds = current_cycle_bounds_by_anchor_day()
+    return Case(
+        *[
+            When(usage_account__billing_anchor__day=day, then=Value(getattr(cycle, attribute)))
+            for day, cycle in bounds.items()
+        ],
+        output_field=DateField(),
+    )
+
+
+def _cycle_sum(field: str, output_field):
+    rollup = (
+        DailyUsage.objects.filter(
+            user=OuterRef("pk"),
+            day__gte=OuterRef("cycle_start"),
+            day__lt=OuterRef("cycle_end"),
+        )
+        .order_by()
+        .values("user")
+        .annotate(total=Sum(field))
+        .values("total")
+    )
+    return Coalesce(
+        Subquery(rollup, output_field=output_field), Value(0), output_field=output_field
+    )
+
+
+def with_cycle_usage(queryset):
+    """Annotate cycle_messages, cycle_cost, budget and budget_pct in one query, any user count."""
+    default_budget = settings.USAGE_DEFAULT_BUDGET_USD
+    return (
+        queryset.annotate(
+            cycle_start=_by_anchor_day("start_date"),
+            cycle_end=_by_anchor_day("end_date"),
+        )
+        .annotate(
+            cycle_messages=_cycle_sum("generations", IntegerField()),
+            cycle_cost=_cycle_sum("cost", MONEY_FIELD),
+            budget=Coalesce(
+                F("usage_account__budget_usd"), Value(default_budget), output_field=MONEY_FIELD
+            ),
+        )
+        .annotate(
+            budget_pct=Case(
+                When(
+                    budget__gt=0,
+                    then=ExpressionWrapper(
+                        F("cycle_cost") * 100 / F("budget"), output_field=MONEY_FIELD
+                    ),
+                ),
+                default=None,
+                output_field=MONEY_FIELD,
+            )
+        )
+    )

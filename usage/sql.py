@@ -53,6 +53,13 @@ def _sqlite_value(value):
     return value
 
 
+def require_transaction(what: str) -> None:
+    """A precondition, checked: `what` must run inside a transaction (its lock and its
+    writes commit together), not in autocommit."""
+    if not connection.in_atomic_block:
+        raise RuntimeError(f"{what} must run inside transaction.atomic().")
+
+
 def batch(*statements: tuple[str, dict | list]) -> list[list[tuple] | None]:
     """Run (sql, params) statements in order: each one's rows, or None if it returns none.
 

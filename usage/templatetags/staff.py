@@ -1,6 +1,7 @@
 from django import template
 
-from usage import reports
+from usage import budget, reports
+from usage.reports import with_cycle_usage
 
 register = template.Library()
 
@@ -17,12 +18,16 @@ def cycle_summary():
     from django.contrib.auth import get_user_model
     from django.db.models import Sum
 
-    from usage.admin import with_cycle_usage
-
     users = with_cycle_usage(get_user_model().objects.all())
+    near = budget.near_from()
     return {
         "total": users.aggregate(total=Sum("cycle_cost"))["total"] or 0,
         "top": list(users.filter(cycle_cost__gt=0).order_by("-cycle_cost")[:5]),
-        "near": users.filter(budget_pct__gte=80, budget_pct__lt=100).count(),
-        "over": users.filter(budget_pct__gte=100).count(),
+        "near_from": near,
+        "near": (
+            users.filter(budget_pct__gte=near, budget_pct__lt=budget.OVER).count()
+            if near is not None
+            else 0
+        ),
+        "over": users.filter(budget_pct__gte=budget.OVER).count(),
     }
