@@ -27,12 +27,22 @@ from posthog.ai.openai import AsyncOpenAI
 
 from chat import demo
 from chatusage import analytics
-from usage.limits import TokenUsage
-from usage.pricing import Price
+from usage.pricing import Price, TokenUsage
 
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 1  # inside a web request: one retry of a transient failure at most
+# What a call to the SDK can raise besides our deadline: its own errors, a transport error
+# mid-stream, and what a malformed answer makes the parsing raise.
+SDK_FAILURES = (
+    openai.OpenAIError,
+    httpx2.HTTPError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    AttributeError,
+)
 
 
 @dataclass(frozen=True)
@@ -278,7 +288,7 @@ async def complete(messages: list[dict], *, until: float, **context) -> Completi
         text = clean_text(choice.message.content or "")
     except TimeoutError as exc:
         raise deadline_error() from exc
-    except (openai.OpenAIError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+    except SDK_FAILURES as exc:
         raise provider_error(exc) from exc
     return Completion(
         text=text,
@@ -322,7 +332,7 @@ class Stream:
                 raise
             except TimeoutError as exc:
                 raise deadline_error() from exc
-            except (openai.OpenAIError, httpx2.HTTPError, ValueError, KeyError, TypeError) as exc:
+            except SDK_FAILURES as exc:
                 raise provider_error(exc, mid_stream=True) from exc
             if chunk.usage is not None:
                 self.usage = _usage(chunk.usage)
@@ -374,6 +384,6 @@ async def stream(messages: list[dict], *, until: float, **context) -> Stream:
             raw = await client().chat.completions.create(stream=True, **options)
     except TimeoutError as exc:
         raise deadline_error() from exc
-    except (openai.OpenAIError, ValueError, TypeError) as exc:
+    except SDK_FAILURES as exc:
         raise provider_error(exc) from exc
     return Stream(raw, started, until, max_answer_chars())

@@ -7,8 +7,6 @@ each with rel="noopener nofollow". Model output can hold anything; what reaches 
 cannot run.
 """
 
-import html
-
 import nh3
 from markdown_it import MarkdownIt
 from pygments import highlight
@@ -70,8 +68,3 @@ def markdown_html(text: str) -> str:
         link_rel="noopener nofollow",
         filter_style_properties=STYLE_PROPERTIES,
     )
-
-
-def plain_html(text: str) -> str:
-    """A user's prompt: shown as written, line breaks kept, nothing interpreted."""
-    return html.escape(text).replace("\n", "<br>")

@@ -19,8 +19,8 @@ from uuid import UUID
 
 from django.conf import settings
 
-from usage.limits import Reservation, TokenUsage
-from usage.pricing import Price
+from usage.limits import Reservation
+from usage.pricing import Price, TokenUsage
 
 log = logging.getLogger(__name__)
 

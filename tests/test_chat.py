@@ -441,40 +441,10 @@ def test_too_many_requests_are_rate_limited(alice_client, openai_mock, settings)
     assert not Message.objects.filter(content="3").exists()
 
 
-@pytest.mark.parametrize(
-    ("body", "code"),
-    [
-        ({}, "invalid_prompt"),
-        ({"prompt": "   "}, "empty_prompt"),
-        ({"prompt": 42}, "invalid_prompt"),
-        ({"prompt": "x" * 8001}, "prompt_too_long"),
-        ({"prompt": "hi", "stream": "yes"}, "invalid_stream"),
-        ({"prompt": "hi", "conversation_id": 5}, "invalid_conversation_id"),
-    ],
-)
-def test_bad_input_is_a_400_with_a_code(alice_client, openai_mock, body, code):
-    response = post(alice_client, body)
-    assert response.status_code == 400
-    assert response.json()["code"] == code
-    assert openai_mock.requests == []
-
-
-def test_bad_json_is_a_400(alice_client):
-    response = alice_client.post(API, "{nope", content_type="application/json")
-    assert (response.status_code, response.json()["code"]) == (400, "invalid_json")
-
-
 def test_the_api_needs_a_login_and_post(client, alice_client, db):
     assert post(client, {"prompt": "hi"}).status_code == 401
     response = alice_client.get(API)
     assert (response.status_code, response.json()["code"]) == (405, "method_not_allowed")
-
-
-def test_the_api_enforces_csrf(alice):
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(alice)
-    response = post(client, {"prompt": "hi"})
-    assert (response.status_code, response.json()["code"]) == (403, "csrf_failed")
 
 
 def test_an_outsider_cannot_read_or_post_into_someone_elses_conversation(

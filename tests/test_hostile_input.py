@@ -26,6 +26,8 @@ CHAT_CASES = [
     ("json array", [1, 2], "application/json", 400, "invalid_json"),
     ("json string", '"hi"', "application/json", 400, "invalid_json"),
     ("non utf-8", b'{"prompt": "\xff\xfe"}', "application/json", 400, "invalid_json"),
+    ("no prompt", {}, "application/json", 400, "invalid_prompt"),
+    ("blank prompt", {"prompt": "   "}, "application/json", 400, "empty_prompt"),
     ("prompt null", {"prompt": None}, "application/json", 400, "invalid_prompt"),
     ("prompt list", {"prompt": ["a"]}, "application/json", 400, "invalid_prompt"),
     ("prompt object", {"prompt": {"$gt": ""}}, "application/json", 400, "invalid_prompt"),

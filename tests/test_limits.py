@@ -95,8 +95,8 @@ def test_reserve_refuses_when_the_worst_case_would_pass_the_budget(alice, dollar
 
 def test_a_budget_of_zero_means_no_cap(alice, dollar_model):
     set_budget(alice, "0")
-    for _ in range(8):
-        reserve(alice, dollar_model, MESSAGES, 100)
+    held = [reserve(alice, dollar_model, MESSAGES, 100) for _ in range(8)]  # $8 on no cap
+    assert Generation.objects.filter(user=alice, status="pending").count() == len(held) == 8
 
 
 def test_the_message_limit_counts_settled_and_pending_calls(alice):
@@ -111,7 +111,8 @@ def test_the_message_limit_counts_settled_and_pending_calls(alice):
 def test_failed_calls_do_not_count_against_the_message_limit(alice):
     set_budget(alice, None, message_limit=1)
     settle(reserve(alice, "gpt-4o-mini", MESSAGES, 500), error="boom")
-    reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    second = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    assert Generation.objects.get(pk=second.generation_id).status == "pending"
 
 
 def _age(reservation, seconds):
@@ -179,8 +180,11 @@ def test_reported_usage_above_the_reservation_is_recorded_flagged_and_logged(ali
 def test_one_users_spend_never_limits_another(alice, bob, dollar_model):
     set_budget(alice, "1.00")
     set_budget(bob, "1.00")
-    reserve(alice, dollar_model, MESSAGES, 100)
-    reserve(bob, dollar_model, MESSAGES, 100)
+    reserve(alice, dollar_model, MESSAGES, 100)  # alice's whole budget
+    with pytest.raises(UsageLimitReached):
+        reserve(alice, dollar_model, MESSAGES, 100)
+    bobs = reserve(bob, dollar_model, MESSAGES, 100)  # bob's is untouched
+    assert Generation.objects.get(pk=bobs.generation_id).user == bob
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL row locks")
@@ -321,3 +325,24 @@ def test_the_message_limit_refusal_counts_what_the_rule_counts(alice, dollar_mod
         refused.value
     )
     assert refused.value.as_dict()["messages"] == 2
+
+
+def test_the_raw_statements_name_every_column_of_their_tables():
+    """The hot path's SQL lists columns by hand: a new model field must be placed in it (or
+    named here as one the statements leave to its default), or this fails."""
+    from usage.models import Alert
+
+    def columns(model):
+        return {field.column for field in model._meta.concrete_fields}
+
+    assert columns(Generation) == {*sql.GENERATION_FIELDS, *sql.SETTLED_FIELDS}
+    assert columns(UsageAccount) == {*sql.ACCOUNT_FIELDS, "user_id"}
+    left_to_their_default = {
+        "attempts",
+        "last_error",
+        "email_sent_at",
+        "webhook_sent_at",
+        "delivered_at",
+        "dismissed_at",
+    }
+    assert columns(Alert) == {*sql.ALERT_FIELDS, *left_to_their_default}

@@ -169,7 +169,7 @@ def test_a_plain_call_cancelled_while_waiting_on_the_model_costs_nothing(alice, 
 
 
 def test_a_call_slower_than_the_old_expiry_keeps_its_hold(alice, openai_mock, settings):
-    """The old rule freed a reservation after 2 x OPENAI_TIMEOUT; a second call then overshot."""
+    """A call far slower than its per-read timeout keeps its hold: a second call is refused."""
     settings.OPENAI_TIMEOUT = 0.1
     settings.OPENAI_DEADLINE = 20
     settings.OPENAI_MODEL = "dollar-model"

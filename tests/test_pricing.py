@@ -4,7 +4,7 @@ import pytest
 
 from usage.models import ModelPrice
 from usage.price_table import OPENAI_PRICES
-from usage.pricing import Price, UnknownModelError, cost, price_for
+from usage.pricing import Price, UnknownModelError, price_for
 
 pytestmark = pytest.mark.django_db
 
@@ -22,17 +22,17 @@ def test_the_price_table_is_seeded_with_openai_prices():
 def test_cost_counts_cached_tokens_inside_input_tokens():
     # 10,000 input of which 4,000 cached, 1,000 output at gpt-4o-mini prices:
     # 6,000 x 0.15 + 4,000 x 0.075 + 1,000 x 0.60 per 1M = 0.0009 + 0.0003 + 0.0006
-    assert cost("gpt-4o-mini", 10_000, 4_000, 1_000) == Decimal("0.0018")
+    assert price_for("gpt-4o-mini").cost(10_000, 4_000, 1_000) == Decimal("0.0018")
 
 
 def test_cost_is_exact_decimal_for_tiny_prices():
-    assert cost("gpt-5-nano", 1, 1, 0) == Decimal("0.000000005")
-    assert cost("gpt-5-nano", 3, 0, 1) == Decimal("0.00000055")
+    assert price_for("gpt-5-nano").cost(1, 1, 0) == Decimal("0.000000005")
+    assert price_for("gpt-5-nano").cost(3, 0, 1) == Decimal("0.00000055")
 
 
 def test_an_unknown_model_is_refused_not_priced_at_zero():
     with pytest.raises(UnknownModelError, match="no price"):
-        cost("gpt-unknown", 100, 0, 100)
+        price_for("gpt-unknown").cost(100, 0, 100)
 
 
 def test_an_inactive_model_is_refused():
@@ -45,7 +45,7 @@ def test_a_price_of_zero_set_on_purpose_is_allowed():
     ModelPrice.objects.create(
         model="local-llama", input_per_1m=0, cached_input_per_1m=0, output_per_1m=0
     )
-    assert cost("local-llama", 5000, 0, 5000) == Decimal(0)
+    assert price_for("local-llama").cost(5000, 0, 5000) == Decimal(0)
 
 
 def test_posthog_gets_per_token_prices_that_reproduce_the_ledger_cost():

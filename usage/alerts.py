@@ -29,7 +29,7 @@ import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import send_mail
-from django.db import connection, transaction
+from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -56,40 +56,25 @@ def watches(account: UsageAccount) -> bool:
     return capped or settings.USAGE_STAFF_ALERT_USD is not None
 
 
-# Insert unless (user, cycle, kind, threshold) has one already; RETURNING says whether this
-# transaction made it (PostgreSQL, and SQLite since 3.35).
-RECORD_SQL = """
-INSERT INTO {table} (id, user_id, kind, threshold, cycle_start, cycle_end, spent, budget,
-                     created_at, attempts, next_attempt_at, last_error)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 0, %s, '')
-ON CONFLICT (user_id, cycle_start, kind, threshold) DO NOTHING
-RETURNING id
-"""
-
-
 def _record(account, cycle, kind, threshold, spent, budget) -> None:
     now = timezone.now()
-    values = {
-        "id": uuid.uuid4(),
-        "user": account.user_id,
-        "kind": kind,
-        "threshold": threshold,
-        "cycle_start": cycle.start_date,
-        "cycle_end": cycle.end_date,
-        "spent": spent,
-        "budget": budget,
-        "created_at": now,
-        "next_attempt_at": now,
-    }
-    params = [
-        Alert._meta.get_field(name).get_db_prep_value(value, connection)
-        for name, value in values.items()
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(RECORD_SQL.format(table=Alert._meta.db_table), params)
-        row = cursor.fetchone()
-    if row is not None:  # new: deliver after commit, off the request's path
-        transaction.on_commit(lambda: dispatch(row[0]))
+    (rows,) = sql.batch(
+        sql.record_alert(
+            id=uuid.uuid4(),
+            user_id=account.user_id,
+            kind=kind,
+            threshold=threshold,
+            cycle_start=cycle.start_date,
+            cycle_end=cycle.end_date,
+            spent=spent,
+            budget=budget,
+            created_at=now,
+            next_attempt_at=now,
+        )
+    )
+    if rows:  # new: deliver after commit, off the request's path
+        alert_id = rows[0][0]
+        transaction.on_commit(lambda: dispatch(alert_id))
 
 
 def after_settle(account: UsageAccount, cycle: Cycle, spent: Decimal, added: Decimal) -> None:

@@ -36,14 +36,8 @@ class Cycle:
             for n in range((self.end_date - self.start_date).days)
         ]
 
-    def __contains__(self, moment: datetime) -> bool:
-        return self.start <= moment < self.end
-
     def previous(self, anchor_day: int) -> "Cycle":
         return cycle_containing(anchor_day, self.start_date - timedelta(days=1), self.tz)
-
-    def next(self, anchor_day: int) -> "Cycle":
-        return cycle_containing(anchor_day, self.end_date, self.tz)
 
 
 def _midnight(day: date, tz: ZoneInfo) -> datetime:

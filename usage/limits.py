@@ -27,7 +27,7 @@ from django.utils import timezone
 from usage import alerts, budget, sql
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.models import Generation, UsageAccount
-from usage.pricing import COST_QUANTUM, Price, price_for
+from usage.pricing import COST_QUANTUM, Price, TokenUsage, price_for
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,6 @@ class Reservation:
     # a call in flight across midnight or a cycle's end is charged where it began.
     reserved_at: datetime
     alerting: bool = False  # settling may cross an alert threshold (usage/alerts.py)
-
-
-@dataclass(frozen=True)
-class TokenUsage:
-    input_tokens: int
-    cached_input_tokens: int
-    output_tokens: int
-    estimated: bool = False
 
 
 @dataclass(frozen=True)

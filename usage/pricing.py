@@ -31,6 +31,16 @@ class UnknownModelError(Exception):
 
 
 @dataclass(frozen=True)
+class TokenUsage:
+    """What a call used, as the provider reported it (or estimated, flagged)."""
+
+    input_tokens: int
+    cached_input_tokens: int
+    output_tokens: int
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
 class Price:
     model: str
     input_per_1m: Decimal
@@ -86,7 +96,3 @@ def price_for(model: str) -> Price:
 @receiver([post_save, post_delete], sender=ModelPrice)
 def clear_cache(**kwargs) -> None:
     _cache.clear()
-
-
-def cost(model: str, input_tokens: int, cached_input_tokens: int, output_tokens: int) -> Decimal:
-    return price_for(model).cost(input_tokens, cached_input_tokens, output_tokens)

@@ -133,10 +133,6 @@ class UsageReport:
     is_current: bool = True
 
     @property
-    def budget_spent(self) -> Decimal:
-        return self.spend.settled_cost + self.spend.pending_cost
-
-    @property
     def spent_fraction(self) -> float | None:
         """Settled spend over the budget (Spend.percent / 100), uncapped."""
         if not self.spend.budget:

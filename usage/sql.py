@@ -1,8 +1,8 @@
 """The ledger's per-message statements, and batch() to send several in one round trip.
 
-reserve() and settle() (usage/limits.py) run on every chat message. Built with the ORM they
-took nine round trips and more time compiling queries than PostgreSQL took answering them.
-Here each is plain SQL, the same text on SQLite and PostgreSQL where both allow it, and
+reserve() and settle() (usage/limits.py) run on every chat message, so each of their
+statements is plain SQL (the ORM spent more time compiling queries than PostgreSQL took
+answering them), the same text on SQLite and PostgreSQL where both allow it, and
 batch() sends a transaction's statements together: on PostgreSQL in pipeline mode, one
 round trip for all of them. The server still runs them one after another and, under READ
 COMMITTED, gives each its own snapshot: a read queued after a `FOR UPDATE` sees everything
@@ -19,11 +19,12 @@ from uuid import UUID
 
 from django.db import connection
 
-from usage.models import DailyUsage, Generation, UsageAccount
+from usage.models import Alert, DailyUsage, Generation, UsageAccount
 
 GENERATION = Generation._meta.db_table
 DAILY = DailyUsage._meta.db_table
 ACCOUNT = UsageAccount._meta.db_table
+ALERT = Alert._meta.db_table
 PENDING = Generation.Status.PENDING.value
 
 
@@ -270,3 +271,30 @@ def settle(generation_id: UUID, user_id: int, model: str, day: date, fields: dic
         return [(SETTLE_POSTGRES, values)]
     values = params(values)
     return [(sql, values) for sql in SETTLE_SQLITE]
+
+
+# --- alerts (usage/alerts.py), in the transaction that settles or refuses ---------------
+
+ALERT_FIELDS = [
+    "id",
+    "user_id",
+    "kind",
+    "threshold",
+    "cycle_start",
+    "cycle_end",
+    "spent",
+    "budget",
+    "created_at",
+    "next_attempt_at",
+]
+# Insert unless (user, cycle, kind, threshold) has one already; RETURNING says whether this
+# transaction made it (PostgreSQL, and SQLite since 3.35).
+RECORD_ALERT_SQL = (
+    f"INSERT INTO {ALERT} ({', '.join(ALERT_FIELDS)}, attempts, last_error) "
+    f"VALUES ({', '.join(['%s'] * len(ALERT_FIELDS))}, 0, '') "
+    "ON CONFLICT (user_id, cycle_start, kind, threshold) DO NOTHING RETURNING id"
+)
+
+
+def record_alert(**values) -> tuple[str, list]:
+    return RECORD_ALERT_SQL, params([values[field] for field in ALERT_FIELDS])
