@@ -27,6 +27,7 @@ from posthog.ai.openai import AsyncOpenAI
 
 from chat import demo
 from chatusage import analytics
+from chatusage.errors import ApiError
 from usage.pricing import Price, TokenUsage
 
 log = logging.getLogger(__name__)
@@ -61,15 +62,13 @@ class Completion:
     finish_reason: str | None = None
 
 
-class ProviderError(Exception):
-    """A failed model call, with what the user should read and the HTTP status we answer."""
+class ProviderError(ApiError):
+    """A failed model call: its code (chatusage/errors.py gives the status and the text the
+    user reads) and the provider's HTTP status, if it answered."""
 
-    def __init__(self, code: str, message: str, status: int = 502, http_status: int | None = None):
-        self.code = code
-        self.message = message
-        self.status = status
+    def __init__(self, code: str, http_status: int | None = None, **details):
+        super().__init__(code, details)
         self.http_status = http_status
-        super().__init__(message)
 
 
 def current_provider() -> Provider:
@@ -200,12 +199,7 @@ def _usage(raw) -> TokenUsage | None:
 
 def deadline_error() -> ProviderError:
     log.warning("Model call stopped at its deadline (%ss)", settings.OPENAI_DEADLINE)
-    return ProviderError(
-        "deadline_exceeded",
-        f"The model took longer than {settings.OPENAI_DEADLINE:g} seconds, the limit for one "
-        "answer, and was stopped.",
-        504,
-    )
+    return ProviderError("deadline_exceeded", seconds=settings.OPENAI_DEADLINE)
 
 
 # No token of any OpenAI tokenizer is longer than this many characters: an answer longer than
@@ -219,10 +213,7 @@ def max_answer_chars() -> int:
 
 def overflow_error() -> ProviderError:
     log.warning("Model stream cut: longer than OPENAI_MAX_TOKENS allows")
-    return ProviderError(
-        "provider_overflow",
-        "The model sent more than one answer may hold, so it was cut there.",
-    )
+    return ProviderError("provider_overflow")
 
 
 def _remaining(until: float) -> float:
@@ -234,46 +225,20 @@ def provider_error(exc: Exception, mid_stream: bool = False) -> ProviderError:
     status = getattr(exc, "status_code", None)
     log.warning("Model provider call failed: %s (HTTP %s)", type(exc).__name__, status)
     if mid_stream and isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
-        return ProviderError(
-            "provider_disconnected",
-            "The connection to the model provider broke off mid-answer. Please try again.",
-        )
+        return ProviderError("provider_disconnected")
     if isinstance(exc, openai.APITimeoutError):
-        return ProviderError(
-            "provider_timeout", "The model did not answer in time. Please try again.", 504
-        )
+        return ProviderError("provider_timeout")
     if isinstance(exc, openai.APIConnectionError):
-        return ProviderError(
-            "provider_unreachable", "The model provider could not be reached. Please try again."
-        )
+        return ProviderError("provider_unreachable")
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        return ProviderError(
-            "provider_auth",
-            "The model provider refused this server's credentials. An administrator must fix "
-            "the API key; your message was kept.",
-            http_status=status,
-        )
+        return ProviderError("provider_auth", http_status=status)
     if isinstance(exc, openai.RateLimitError):
-        return ProviderError(
-            "provider_rate_limited",
-            "The model provider is over capacity or out of quota. Please try again shortly.",
-            http_status=status,
-        )
+        return ProviderError("provider_rate_limited", http_status=status)
     if isinstance(exc, openai.BadRequestError | openai.NotFoundError):
-        return ProviderError(
-            "provider_rejected",
-            "The model provider rejected the request (check the configured model).",
-            http_status=status,
-        )
+        return ProviderError("provider_rejected", http_status=status)
     if isinstance(exc, openai.APIStatusError):
-        return ProviderError(
-            "provider_error",
-            "The model provider failed to answer. Please try again.",
-            http_status=status,
-        )
-    return ProviderError(
-        "provider_bad_response", "The model provider sent a response that could not be read."
-    )
+        return ProviderError("provider_error", http_status=status)
+    return ProviderError("provider_bad_response")
 
 
 async def complete(messages: list[dict], *, until: float, **context) -> Completion:

@@ -29,25 +29,15 @@ from chat import llm, spool
 from chat.models import Conversation, Message
 from chat.render import markdown_html
 from chatusage.db import step
+from chatusage.errors import ApiError
 from usage import limits
 from usage.cycles import cycle_for
 from usage.models import UsageAccount
 from usage.pricing import UnknownModelError, price_for
 
 
-class ChatError(Exception):
-    """Anything that stops a turn, with the status and code the API answers."""
-
-    def __init__(self, code: str, message: str, status: int, retry_after=None, **extra):
-        self.code = code
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after  # seconds, for the Retry-After header of a 429
-        self.extra = extra
-        super().__init__(message)
-
-    def as_dict(self) -> dict:
-        return {"error": self.message, "code": self.code, **self.extra}
+class ChatError(ApiError):
+    """Anything that stops a turn, by its code (chatusage/errors.py)."""
 
 
 @dataclass
@@ -64,25 +54,20 @@ class Turn:
 
 def clean_prompt(value) -> str:
     if not isinstance(value, str):
-        raise ChatError("invalid_prompt", "The prompt must be text.", 400)
+        raise ChatError("invalid_prompt", {"detail": "The prompt must be text."})
     prompt = value.strip()
     if not prompt:
-        raise ChatError("empty_prompt", "Write a message first.", 400)
+        raise ChatError("empty_prompt")
     if len(prompt) > settings.CHAT_MAX_PROMPT_CHARS:
-        raise ChatError(
-            "prompt_too_long",
-            f"Messages are limited to {settings.CHAT_MAX_PROMPT_CHARS:,} characters "
-            f"(this one has {len(prompt):,}).",
-            400,
-        )
+        limit = {"limit": settings.CHAT_MAX_PROMPT_CHARS, "length": len(prompt)}
+        raise ChatError("prompt_too_long", limit)
     if "\x00" in prompt:
-        raise ChatError("invalid_prompt", "The prompt contains a NUL character.", 400)
+        raise ChatError("invalid_prompt", {"detail": "The prompt contains a NUL character."})
     try:
         prompt.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800", legal in JSON
-        raise ChatError(
-            "invalid_prompt", "The prompt contains characters that are not valid text.", 400
-        ) from exc
+        not_text = "The prompt contains characters that are not valid text."
+        raise ChatError("invalid_prompt", {"detail": not_text}) from exc
     return prompt
 
 
@@ -136,20 +121,16 @@ def _save_prompt(conversation: Conversation, text: str, generation_id: UUID) -> 
 def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
     """What a turn refused before the call says; it wrote nothing."""
     extra = {"conversation_id": str(conversation.pk)} if conversation else {}
+    detail = {"detail": str(exc)}
     if isinstance(exc, limits.UsageLimitReached) and exc.reason == "unverified":
-        return ChatError("email_not_verified", str(exc), 403, **extra)
+        return ChatError("email_not_verified", detail, **extra)
     if isinstance(exc, limits.UsageLimitReached) and exc.reason == "blocked":
-        return ChatError("account_blocked", str(exc), 403, **extra)
+        return ChatError("account_blocked", detail, **extra)
     if isinstance(exc, limits.UsageLimitReached):
         return ChatError(
-            "usage_limit_reached",
-            str(exc),
-            429,
-            retry_after=exc.retry_after,
-            **extra,
-            **exc.as_dict(),
+            "usage_limit_reached", detail, retry_after=exc.retry_after, **extra, **exc.as_dict()
         )
-    return ChatError("model_not_priced", str(exc), 503, **extra)
+    return ChatError("model_not_priced", detail, **extra)
 
 
 def _start_turn(user, prompt_text, conversation_id=None) -> Turn:
@@ -324,9 +305,7 @@ def _fail(turn: Turn, error: llm.ProviderError, latency_ms: int | None = None) -
         latency_ms=latency_ms,
         http_status=error.http_status,
     )
-    return ChatError(
-        error.code, error.message, error.status, conversation_id=str(turn.conversation.pk)
-    )
+    return ChatError(error.code, error.details, conversation_id=str(turn.conversation.pk))
 
 
 NOT_ANSWERED = "The client went away before an answer."
@@ -377,13 +356,7 @@ class AnswerNotSaved(ChatError):
     """The answer was delivered, but the database stayed away: it waits on disk."""
 
     def __init__(self, text: str):
-        super().__init__(
-            "answer_not_saved",
-            "Your answer arrived, but it could not be saved: the database is unavailable. It "
-            "is kept, and will appear in this conversation (and in your usage) shortly.",
-            503,
-            response=text,
-        )
+        super().__init__("answer_not_saved", response=text)
 
 
 async def _deliver(turn: Turn, completion: llm.Completion, interrupted=False, error=None):
@@ -510,7 +483,7 @@ async def _relay(turn: Turn, queue: asyncio.Queue) -> None:
             closing = "error", exc.as_dict()
         except Exception:  # never leave the client without a closing event
             log.exception("Settling a streamed turn failed")
-            closing = "error", {"error": "Something went wrong on our side.", "code": "internal"}
+            closing = "error", ChatError("internal").as_dict()
     queue.put_nowait(closing)
     queue.put_nowait(_END)
 

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from chat import services
 from chat.models import Conversation, Message
 from chatusage import ratelimit
-from chatusage.api import api_view, error, json_body
+from chatusage.api import api_view, error, error_response, json_body
 from chatusage.db import step
 from usage import alerts
 from usage.cycles import cycle_for
@@ -27,12 +27,7 @@ async def _check_rate(user) -> None:
     if wait:
         # A new error each time: one shared instance chained every request's traceback
         # (and so every rate-limited request and its body) onto itself.
-        raise services.ChatError(
-            "rate_limited",
-            f"Too many messages in a short time. Try again in {wait} seconds.",
-            429,
-            retry_after=wait,
-        )
+        raise services.ChatError("rate_limited", {"wait": wait}, retry_after=wait)
 
 
 CONVERSATIONS_PER_PAGE = 50
@@ -161,15 +156,15 @@ async def api_chat(request: HttpRequest) -> HttpResponse:
     try:
         body = json_body(request)
     except RequestDataTooBig:
-        return error("The request body is too large.", "body_too_large", 413)
+        return error("body_too_large")
     except ValueError as exc:
-        return error(str(exc), "invalid_json", 400)
+        return error("invalid_json", {"detail": str(exc)})
     conversation_id = body.get("conversation_id")
     if conversation_id is not None and not isinstance(conversation_id, str):
-        return error("conversation_id must be a string.", "invalid_conversation_id", 400)
+        return error("invalid_conversation_id")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        return error("stream must be true or false.", "invalid_stream", 400)
+        return error("invalid_stream")
     try:
         await _check_rate(request.user)
         turn = await services.start_turn(request.user, body.get("prompt"), conversation_id)
@@ -177,12 +172,9 @@ async def api_chat(request: HttpRequest) -> HttpResponse:
             return EventStreamResponse(turn)
         answer = await services.answer(turn)
     except services.ChatError as exc:
-        response = error(exc.message, exc.code, exc.status, **exc.extra)
-        if exc.retry_after:
-            response["Retry-After"] = str(exc.retry_after)
-        return response
+        return error_response(exc)
     except Http404:
-        return error("No such conversation.", "not_found", 404)
+        return error("not_found")
     return JsonResponse(
         {
             "response": answer.message.content,

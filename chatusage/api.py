@@ -7,21 +7,30 @@ from asgiref.sync import iscoroutinefunction
 from django.contrib.auth import get_user
 from django.http import JsonResponse
 
+from chatusage import errors
 from chatusage.db import step
 
 
-def error(message: str, code: str, status: int, **extra) -> JsonResponse:
-    return JsonResponse({"error": message, "code": code, **extra}, status=status)
+def error(code: str, details: dict | None = None, **extra) -> JsonResponse:
+    """The JSON answer for an error of the catalogue (chatusage/errors.py)."""
+    return JsonResponse(errors.body(code, details, **extra), status=errors.status(code))
+
+
+def error_response(exc: errors.ApiError) -> JsonResponse:
+    response = JsonResponse(exc.as_dict(), status=exc.status)
+    if exc.retry_after:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _method_not_allowed(methods: tuple[str, ...]) -> JsonResponse:
-    response = error(f"Use {' or '.join(methods)}.", "method_not_allowed", 405)
+    response = error("method_not_allowed", {"detail": f"Use {' or '.join(methods)}."})
     response["Allow"] = ", ".join(methods)
     return response
 
 
 def _not_authenticated() -> JsonResponse:
-    return error("Log in first.", "not_authenticated", 401)
+    return error("not_authenticated")
 
 
 def api_view(methods: tuple[str, ...]):
@@ -79,11 +88,7 @@ def json_body(request) -> dict:
 def csrf_failure(request, reason=""):
     """CSRF_FAILURE_VIEW: JSON for the API, Django's page elsewhere."""
     if request.path.startswith("/api/"):
-        return error(
-            "CSRF check failed: send the csrftoken cookie's value as X-CSRFToken.",
-            "csrf_failed",
-            403,
-        )
+        return error("csrf_failed")
     from django.views.csrf import csrf_failure as default
 
     return default(request, reason=reason)

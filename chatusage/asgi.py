@@ -15,17 +15,19 @@ import os
 from django.conf import settings
 from django.core.asgi import get_asgi_application
 
+from chatusage import errors
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
 
 django_application = get_asgi_application()
 
 
-async def _refuse(send, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": message, "code": code}).encode()
+async def _refuse(send, code: str) -> None:
+    body = json.dumps(errors.body(code)).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": errors.status(code),
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
@@ -36,11 +38,11 @@ async def _refuse(send, status: int, code: str, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-TOO_LARGE = (413, "body_too_large", "The request body is too large.")
-TOO_SLOW = (408, "body_timeout", "The request body did not arrive in time.")
+TOO_LARGE = "body_too_large"
+TOO_SLOW = "body_timeout"
 
 
-async def _read_body(receive, limit: int) -> tuple[list[dict], tuple | None]:
+async def _read_body(receive, limit: int) -> tuple[list[dict], str | None]:
     """The body's messages, read up to `limit` bytes, or why it was refused."""
     messages, size = [], 0
     while True:
@@ -61,14 +63,14 @@ async def application(scope, receive, send):
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     for name, value in scope["headers"]:  # the server already refused a malformed length
         if name == b"content-length" and value.isdigit() and int(value) > limit:
-            return await _refuse(send, *TOO_LARGE)
+            return await _refuse(send, TOO_LARGE)
     try:
         async with asyncio.timeout(settings.REQUEST_BODY_TIMEOUT):
             messages, refused = await _read_body(receive, limit)
     except TimeoutError:
         refused = TOO_SLOW
     if refused:
-        return await _refuse(send, *refused)
+        return await _refuse(send, refused)
 
     async def replay():
         # The body from memory, then the connection's own events (the client going away).

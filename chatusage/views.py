@@ -13,7 +13,7 @@ from django.templatetags.static import static
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from chatusage import accounts, ratelimit
+from chatusage import accounts, api, ratelimit
 from chatusage import cache as shared_cache
 from chatusage.forms import SignupForm
 from usage.models import UsageAccount
@@ -172,13 +172,13 @@ def _wants_json(request: HttpRequest) -> bool:
 
 def not_found(request: HttpRequest, exception=None) -> HttpResponse:
     if _wants_json(request):
-        return JsonResponse({"error": "Not found.", "code": "not_found"}, status=404)
+        return api.error("not_found")
     return render(request, "404.html", status=404)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if _wants_json(request):
-        return JsonResponse({"error": "Internal error.", "code": "server_error"}, status=500)
+        return api.error("server_error")
     return render(request, "500.html", status=500)
 
 

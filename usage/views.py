@@ -144,7 +144,7 @@ def api_usage(request: HttpRequest) -> HttpResponse:
     try:
         cycle = _cycle_from(request, account)
     except BadCycle as exc:
-        return error(str(exc), "invalid_cycle", 400)
+        return error("invalid_cycle", {"detail": str(exc)})
     return JsonResponse(reports.report_for(request.user, cycle, account=account).as_dict())
 
 
