@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "csp",
     "axes",
     "chatusage",
+    "accounts",
     "usage",
     "chat",
 ]
@@ -174,7 +175,7 @@ AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "chatusage.views.locked_out"
+AXES_LOCKOUT_CALLABLE = "accounts.views.locked_out"
 # Behind a proxy, the client address comes from X-Forwarded-For: say how many proxies.
 AXES_IPWARE_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0) or None
 AXES_IPWARE_META_PRECEDENCE_ORDER = (

@@ -12,5 +12,5 @@ class SignupForm(UserCreationForm):
 
     def clean_email(self):
         # Never "already registered": that would tell anyone which addresses have accounts
-        # (chatusage.accounts.sign_up handles a known address instead).
+        # (accounts.services.sign_up handles a known address instead).
         return self.cleaned_data["email"].strip()

@@ -1,0 +1,10 @@
+from django.urls import include, path
+
+from accounts import views
+
+urlpatterns = [
+    path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/verify/resend/", views.resend_verification, name="resend_verification"),
+    path("accounts/verify/<str:token>/", views.verify_email, name="verify_email"),
+    path("accounts/", include("django.contrib.auth.urls")),
+]
