@@ -32,7 +32,7 @@ from chatusage.db import step
 from chatusage.errors import ApiError
 from usage import limits
 from usage.cycles import cycle_for
-from usage.models import UsageAccount
+from usage.models import Generation, UsageAccount
 from usage.pricing import UnknownModelError, price_for
 
 
@@ -77,6 +77,18 @@ def conversation_for(user, conversation_id) -> Conversation:
         return Conversation.objects.get(pk=conversation_id, user=user)
     except (Conversation.DoesNotExist, ValidationError, ValueError, TypeError) as exc:
         raise Http404("No such conversation.") from exc
+
+
+def shown_messages(conversation: Conversation) -> list[Message]:
+    """The conversation's messages as the page shows them: each answer with its ledger row
+    (tokens and cost) as `generation`, all read in one query."""
+    shown = list(conversation.messages.all())
+    answers = [m for m in shown if m.role == Message.Role.ASSISTANT]
+    generations = Generation.objects.in_bulk([m.generation_id for m in answers if m.generation_id])
+    for message in shown:
+        answer = message.role == Message.Role.ASSISTANT
+        message.generation = generations.get(message.generation_id) if answer else None
+    return shown
 
 
 def history(conversation: Conversation | None, text: str) -> list[dict]:

@@ -13,13 +13,13 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from chat import services
-from chat.models import Conversation, Message
+from chat.models import Conversation
 from chatusage import ratelimit
 from chatusage.api import api_view, error, error_response, json_body
 from chatusage.db import step
 from usage import alerts
 from usage.cycles import cycle_for
-from usage.models import Generation, UsageAccount
+from usage.models import UsageAccount
 
 
 async def _check_rate(user) -> None:
@@ -41,15 +41,7 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
     if search:
         listed = listed.filter(title__icontains=search)
     conversations = Paginator(listed, CONVERSATIONS_PER_PAGE).get_page(request.GET.get("page"))
-    shown = list(conversation.messages.all()) if conversation else []
-    # Each answer's tokens and cost, from the ledger, in one query.
-    generations = Generation.objects.in_bulk(
-        [m.generation_id for m in shown if m.role == Message.Role.ASSISTANT and m.generation_id]
-    )
-    for m in shown:
-        m.generation = (
-            generations.get(m.generation_id) if m.role == Message.Role.ASSISTANT else None
-        )
+    shown = services.shown_messages(conversation) if conversation else []
     return render(
         request,
         "chat/chat.html",

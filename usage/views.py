@@ -1,3 +1,4 @@
+from dataclasses import dataclass
 from datetime import date
 
 from django.conf import settings
@@ -23,28 +24,34 @@ from usage.cycles import (
     local_day,
 )
 from usage.exports import csv_response
-from usage.models import Alert, Generation
+from usage.models import Alert, Generation, UsageAccount
 
 EARLIER_CYCLES_SHOWN = 12
 
 
-class BadCycle(ValueError):
-    pass
+@dataclass(frozen=True)
+class Asked:
+    """The request's account and the cycle it asks about (?cycle=YYYY-MM-DD picks the
+    account's cycle containing that day; none: the current one). `problem` says why an
+    asked-for cycle was refused; the cycle is then the current one."""
+
+    account: UsageAccount
+    cycle: Cycle
+    problem: str = ""
 
 
-def _cycle_from(request, account) -> Cycle:
-    """?cycle=YYYY-MM-DD picks the account's cycle containing that day (default: the current)."""
+def _asked(request) -> Asked:
+    """The one place the usage views read the account and the cycle from a request."""
+    account = reports.account_for(request.user)
     raw = request.GET.get("cycle", "")
     if not raw:
-        return cycle_for(account)
+        return Asked(account, cycle_for(account))
     try:
-        day = date.fromisoformat(raw)
-    except ValueError as exc:
-        raise BadCycle("The cycle must be a date written YYYY-MM-DD.") from exc
-    try:
-        return account_cycle(account, day)
+        return Asked(account, account_cycle(account, date.fromisoformat(raw)))
     except NoSuchCycle as exc:
-        raise BadCycle(str(exc)) from exc
+        return Asked(account, cycle_for(account), str(exc))
+    except ValueError:
+        return Asked(account, cycle_for(account), "The cycle must be a date written YYYY-MM-DD.")
 
 
 def _charts(report) -> list[dict]:
@@ -65,13 +72,11 @@ def _charts(report) -> list[dict]:
 @login_required
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
-    account = reports.account_for(request.user)
-    status = 200
-    try:
-        cycle = _cycle_from(request, account)
-    except BadCycle as exc:  # show the current cycle, say why, and answer 400
-        messages.error(request, str(exc))
-        cycle, status = cycle_for(account), 400
+    asked = _asked(request)
+    account, cycle, status = asked.account, asked.cycle, 200
+    if asked.problem:  # show the current cycle, say why, and answer 400
+        messages.error(request, asked.problem)
+        status = 400
     report = reports.report_for(request.user, cycle, account=account)
     return render(
         request,
@@ -93,11 +98,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_POST
 def refresh(request: HttpRequest) -> HttpResponse:
     """Ask PostHog for fresh numbers, at most once per USAGE_REFRESH_SECONDS per user."""
-    account = reports.account_for(request.user)
-    try:
-        cycle = _cycle_from(request, account)
-    except BadCycle:
-        cycle = cycle_for(account)
+    asked = _asked(request)
+    account, cycle = asked.account, asked.cycle
     url = reverse("usage:dashboard")
     if request.GET.get("cycle"):
         url += f"?cycle={cycle.start_date.isoformat()}"
@@ -124,28 +126,25 @@ def _cycle_generations(user, cycle: Cycle):
 @login_required
 @require_GET
 def export_csv(request: HttpRequest) -> HttpResponse:
-    account = reports.account_for(request.user)
-    try:
-        cycle = _cycle_from(request, account)
-    except BadCycle as exc:
-        return HttpResponse(str(exc), status=400, content_type="text/plain")
+    asked = _asked(request)
+    if asked.problem:
+        return HttpResponse(asked.problem, status=400, content_type="text/plain")
     return csv_response(
         request.user,
-        _cycle_generations(request.user, cycle),
-        cycle.tz,
-        f"chatusage-{cycle.start_date.isoformat()}.csv",
+        _cycle_generations(request.user, asked.cycle),
+        asked.cycle.tz,
+        f"chatusage-{asked.cycle.start_date.isoformat()}.csv",
     )
 
 
 @api_view(("GET",))
 def api_usage(request: HttpRequest) -> HttpResponse:
     """The logged-in user's report. A userId (or any other) parameter is ignored on purpose."""
-    account = reports.account_for(request.user)
-    try:
-        cycle = _cycle_from(request, account)
-    except BadCycle as exc:
-        return error("invalid_cycle", {"detail": str(exc)})
-    return JsonResponse(reports.report_for(request.user, cycle, account=account).as_dict())
+    asked = _asked(request)
+    if asked.problem:
+        return error("invalid_cycle", {"detail": asked.problem})
+    report = reports.report_for(request.user, asked.cycle, account=asked.account)
+    return JsonResponse(report.as_dict())
 
 
 @login_required
