@@ -46,7 +46,7 @@ def setup_django(database_url: str | None = None, **env) -> Path:
 @contextmanager
 def postgres_database():
     """A new PostgreSQL database for one benchmark, dropped afterwards: yields its URL."""
-    from tests.e2e.launch import fresh_database
+    from tests.e2e.harness.launch import fresh_database
 
     with fresh_database("chatusage_bench") as name:
         try:
@@ -60,10 +60,10 @@ def postgres_database():
 
 @contextmanager
 def server_process(*args: str, stdin: str = ""):
-    """A tests/e2e/servers.py server in a process of its own, so that it takes no GIL time
+    """A tests/e2e/harness/servers.py server in a process of its own, so that it takes no GIL time
     from what is measured: yields its URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.e2e.servers", *args],
+        [sys.executable, "-m", "tests.e2e.harness.servers", *args],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -78,8 +78,8 @@ def main():
     django.setup()
 
     from chatusage.views import HEALTH_APPLICATION_NAME
-    from tests.e2e.launch import fake_model_env, gunicorn_app, postgres_answers
-    from tests.e2e.servers import CaptureSink
+    from tests.e2e.harness.launch import fake_model_env, gunicorn_app, postgres_answers
+    from tests.e2e.harness.servers import CaptureSink
 
     if not postgres_answers():
         emit(bench="streams", skipped="PostgreSQL is not answering")

@@ -44,7 +44,7 @@ def main(mode="default"):
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
     os.environ.setdefault("SECRET_KEY", "bench")
-    from tests.e2e.launch import gunicorn_app, postgres_answers
+    from tests.e2e.harness.launch import gunicorn_app, postgres_answers
 
     if not postgres_answers():
         emit(bench="throughput", skipped="PostgreSQL is not answering")

@@ -1,10 +1,13 @@
 """Fixtures for the end-to-end tests: the app under gunicorn on PostgreSQL with a fake model
 and a capture sink, and the live server + Chromium for the browser tests."""
 
+from pathlib import Path
+
 import pytest
 
-from tests.e2e.launch import fake_model_env, gunicorn_app, postgres_answers
-from tests.e2e.servers import CaptureSink, FakeModel
+from tests.e2e.harness.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.harness.launch import fake_model_env, gunicorn_app, postgres_answers
+from tests.e2e.harness.servers import CaptureSink, FakeModel
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def asgi_server(transactional_db):
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
     from django.core.asgi import get_asgi_application
 
-    from tests.e2e.servers import free_port
+    from tests.e2e.harness.servers import free_port
 
     port = free_port()
     config = uvicorn.Config(
@@ -63,3 +66,45 @@ def asgi_server(transactional_db):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser():
+    # Per test, not per module: while Playwright's event loop runs, Django hands this thread
+    # another connection object, so database set-up must happen before the loop starts.
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (make test installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, settings):
+    settings.DEMO_STREAM_DELAY = 0.01  # stream visibly, as `make run` does
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture(params=["light", "dark"])
+def scheme_page(request, browser, settings):  # noqa: F811
+    settings.DEMO_STREAM_DELAY = 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    # axe is injected as an inline script, which the app's CSP rightly refuses.
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 860}, color_scheme=request.param, bypass_csp=True
+    )
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.scheme = request.param
+    yield page
+    context.close()

@@ -1,48 +1,11 @@
 """axe-core (WCAG 2 A and AA rules) finds nothing on the pages people use, light and dark."""
 
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import hold_budget
-from tests.e2e.test_browser import (  # noqa: F401
-    ARTIFACTS,
-    CHROMIUM_ARGS,
-    PASSWORD,
-    browser,  # noqa: F401 - the fixture
-    login,
-)
+from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login, violations
+from tests.helpers import hold_budget
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-AXE = Path(__file__).resolve().parent / "vendor" / "axe.min.js"
-RUN = """async (include) => {
-  const context = include ? {include: include.map(s => [s])} : document;
-  const result = await axe.run(context, {runOnly: ["wcag2a", "wcag2aa", "wcag21aa"]});
-  const where = v => v.nodes.slice(0, 3).map(n => n.target.join(" ")).join(", ");
-  return result.violations.map(v => v.id + ": " + where(v));
-}"""
-
-
-def violations(page, include: list[str] | None = None) -> list[str]:
-    """axe's WCAG 2 A/AA violations on the page, or only inside the `include` selectors."""
-    page.add_script_tag(path=str(AXE))
-    return page.evaluate(RUN, include)
-
-
-@pytest.fixture(params=["light", "dark"])
-def scheme_page(request, browser, settings):  # noqa: F811
-    settings.DEMO_STREAM_DELAY = 0
-    ARTIFACTS.mkdir(exist_ok=True)
-    # axe is injected as an inline script, which the app's CSP rightly refuses.
-    context = browser.new_context(
-        viewport={"width": 1280, "height": 860}, color_scheme=request.param, bypass_csp=True
-    )
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    page.scheme = request.param
-    yield page
-    context.close()
 
 
 def check(page, name):

@@ -11,9 +11,9 @@ from collections import Counter
 import pytest
 import requests
 
-from tests.e2e.launch import fake_model_env, gunicorn_app, postgres_answers
-from tests.e2e.servers import CaptureSink, FakeModel
-from tests.e2e.test_real_server import chat, wait_for
+from tests.e2e.harness.client import chat, clone, wait_for
+from tests.e2e.harness.launch import fake_model_env, gunicorn_app, postgres_answers
+from tests.e2e.harness.servers import CaptureSink, FakeModel
 
 pytestmark = pytest.mark.e2e
 
@@ -199,7 +199,7 @@ def streams_across(app, signum, prefix: str) -> list:
     results: list = []
 
     def one(n):
-        results.append(chat(session_copy(session), app.url, f"{prefix} {n}", stream=True))
+        results.append(chat(clone(session), app.url, f"{prefix} {n}", stream=True))
 
     threads = [threading.Thread(target=one, args=(n,)) for n in range(10)]
     for thread in threads:
@@ -232,7 +232,7 @@ def test_a_database_outage_while_streams_settle_loses_and_double_bills_nothing(l
     results: list = []
 
     def one(n):
-        results.append(chat(session_copy(session), app.url, f"outage {n}", stream=True))
+        results.append(chat(clone(session), app.url, f"outage {n}", stream=True))
 
     threads = [threading.Thread(target=one, args=(n,)) for n in range(10)]
     for thread in threads:
@@ -276,10 +276,3 @@ def test_a_stop_during_streams_lets_each_finish_and_bills_it(long_app):
     results = streams_across(long_app, signal.SIGTERM, "stop")
     long_app.process.wait(timeout=120)
     assert_all_answered_and_billed(long_app, results, "stop")
-
-
-def session_copy(session: requests.Session) -> requests.Session:
-    copy = requests.Session()
-    copy.cookies.update(session.cookies)
-    copy.headers.update(session.headers)
-    return copy

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from tests.e2e.launch import fake_model_env, gunicorn_app, postgres_answers
-from tests.e2e.servers import FakeModel, WebhookReceiver
-from tests.e2e.test_real_server import chat, wait_for
-from tests.test_alerts import documented_verify
+from tests.e2e.harness.client import chat, wait_for
+from tests.e2e.harness.launch import fake_model_env, gunicorn_app, postgres_answers
+from tests.e2e.harness.servers import FakeModel, WebhookReceiver
+from tests.helpers import documented_verify
 
 pytestmark = pytest.mark.e2e
 

@@ -5,65 +5,17 @@ Screenshots land in test-artifacts/ (git-ignored) for a human to look at.
 
 import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 
 from chat import services
-from tests.conftest import hold_budget
+from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login
+from tests.helpers import hold_budget
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 # Playwright's sync API keeps an event loop in this thread; the ORM calls here are plain sync.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-PASSWORD = "browser-Pass-2026!"
-
-
-@pytest.fixture
-def browser():
-    # Per test, not per module: while Playwright's event loop runs, Django hands this thread
-    # another connection object, so database set-up must happen before the loop starts.
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (make test installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, settings):
-    settings.DEMO_STREAM_DELAY = 0.01  # stream visibly, as `make run` does
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    yield page
-    context.close()
-
-
-def login(page, base, username, password):
-    page.goto(f"{base}/accounts/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
 
 
 def test_sign_up_chat_see_the_cost_and_log_out(page, live_server, django_user_model):

@@ -9,7 +9,7 @@ import pytest
 
 from chat import demo, llm
 from chat.models import Message
-from tests.e2e.test_browser import ARTIFACTS, PASSWORD, browser, login  # noqa: F401
+from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login
 from usage.models import Generation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

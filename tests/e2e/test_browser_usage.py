@@ -6,8 +6,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
 
-from tests.e2e.test_accessibility import violations
-from tests.e2e.test_browser import ARTIFACTS, PASSWORD, browser, login  # noqa: F401
+from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login, violations
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -9,9 +9,9 @@ import time
 import pytest
 import requests
 
-from tests.e2e.launch import gunicorn_app, postgres_answers
-from tests.e2e.servers import free_port
-from tests.e2e.test_real_server import chat
+from tests.e2e.harness.client import chat
+from tests.e2e.harness.launch import gunicorn_app, postgres_answers
+from tests.e2e.harness.servers import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,9 @@ import pytest
 import requests
 
 from chatusage.views import HEALTH_APPLICATION_NAME
-from tests.e2e.launch import fake_model_env, gunicorn_app, postgres_answers
-from tests.e2e.servers import CaptureSink, FakeModel
-from tests.e2e.test_real_server import wait_for
+from tests.e2e.harness.client import clone, wait_for
+from tests.e2e.harness.launch import fake_model_env, gunicorn_app, postgres_answers
+from tests.e2e.harness.servers import CaptureSink, FakeModel
 
 pytestmark = pytest.mark.e2e
 
@@ -48,14 +48,6 @@ def streams_app(tmp_path_factory):
     finally:
         model.stop()
         sink.stop()
-
-
-def clone(session: requests.Session) -> requests.Session:
-    """Another connection with the same login (requests sessions are not thread-safe)."""
-    copy = requests.Session()
-    copy.cookies.update(session.cookies)
-    copy.headers.update(session.headers)
-    return copy
 
 
 def stream_once(session, url, prompt) -> dict:

@@ -8,8 +8,8 @@ import pytest
 import requests
 from django.test import Client
 
-from tests.conftest import check_hogql
-from tests.e2e.servers import FakePostHogQuery
+from tests.e2e.harness.servers import FakePostHogQuery
+from tests.helpers import check_hogql
 from usage import reports
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,8 @@ import pytest
 import responses
 from django.test import Client
 
-from tests.conftest import streamed
-from tests.e2e.servers import QUERY_COLUMNS
+from tests.e2e.harness.servers import QUERY_COLUMNS
+from tests.helpers import streamed
 from usage import reports
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.limits import TokenUsage, reserve, settle
@@ -385,7 +385,7 @@ def test_only_one_request_per_user_and_cycle_asks_posthog_at_a_time(
     ],
 )
 def test_the_budget_card_says_spent_of_budget_in_its_state(alice, budget, spent, state, text):
-    from tests.conftest import set_budget, settled_today
+    from tests.helpers import set_budget, settled_today
 
     set_budget(alice, budget)
     if spent != "0":

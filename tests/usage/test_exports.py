@@ -8,7 +8,7 @@ from datetime import timedelta
 from asgiref.sync import async_to_sync
 from django.utils import timezone
 
-from tests.conftest import streamed
+from tests.helpers import streamed
 from usage import exports
 from usage.models import Generation
 

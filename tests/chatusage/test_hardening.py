@@ -15,9 +15,16 @@ from django.test import Client
 
 from chat import views
 from chat.models import Message
-from tests.conftest import hold_budget, set_budget, streamed
-from tests.test_accounts import PRODUCTION_ENV, _manage
-from tests.test_chat import OPENAI_COMPLETION, api_request, post
+from tests.helpers import (
+    OPENAI_COMPLETION,
+    PRODUCTION_ENV,
+    api_request,
+    hold_budget,
+    manage,
+    post,
+    set_budget,
+    streamed,
+)
 from usage.models import Generation, UsageAccount
 
 pytestmark = pytest.mark.django_db
@@ -115,7 +122,7 @@ def test_a_negative_budget_cannot_be_stored(alice):
     ],
 )
 def test_malformed_settings_refuse_to_start_and_name_the_variable(name, value, message):
-    result = _manage("check", env={**PRODUCTION_ENV, name: value})
+    result = manage("check", env={**PRODUCTION_ENV, name: value})
     assert result.returncode != 0
     assert message in result.stderr
 
@@ -136,10 +143,10 @@ def test_pages_forbid_inline_scripts_and_carry_none(alice_client, path):
 
 
 def test_hsts_covers_subdomains_and_preload_only_when_asked():
-    default = _manage("diffsettings", "--all", env=PRODUCTION_ENV).stdout
+    default = manage("diffsettings", "--all", env=PRODUCTION_ENV).stdout
     assert "SECURE_HSTS_INCLUDE_SUBDOMAINS = False" in default
     assert "SECURE_HSTS_PRELOAD = False" in default
-    opted = _manage(
+    opted = manage(
         "diffsettings",
         "--all",
         env={
@@ -150,7 +157,7 @@ def test_hsts_covers_subdomains_and_preload_only_when_asked():
     ).stdout
     assert "SECURE_HSTS_INCLUDE_SUBDOMAINS = True" in opted
     assert "SECURE_HSTS_PRELOAD = True" in opted
-    clean = _manage(
+    clean = manage(
         "check",
         "--deploy",
         "--fail-level",
@@ -184,6 +191,6 @@ def test_the_preloading_master_forks_workers_with_the_app_imported_and_no_connec
     """gunicorn.conf.py's pre_fork: what a worker would import on its first request is
     loaded before the fork, no database connection is inherited, the GC is frozen."""
     env = {**PRODUCTION_ENV, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
-    result = _manage("shell", "--no-imports", "-c", PRE_FORK, env=env)
+    result = manage("shell", "--no-imports", "-c", PRE_FORK, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["False", "True", "True", "True", "True"]

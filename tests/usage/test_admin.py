@@ -7,7 +7,7 @@ from decimal import Decimal
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from tests.conftest import set_budget, streamed
+from tests.helpers import set_budget, streamed
 from usage.limits import TokenUsage, reserve, settle
 from usage.models import Generation, ModelPrice
 
@@ -298,7 +298,7 @@ def test_near_follows_the_alert_thresholds_everywhere(staff_client, alice, bob, 
     """ "Near" was 80 % in five places, whatever USAGE_ALERT_THRESHOLDS said."""
     from django.test import Client
 
-    from tests.conftest import settled_today
+    from tests.helpers import settled_today
 
     settings.USAGE_ALERT_THRESHOLDS = [Decimal(50), Decimal(90)]
     set_budget(alice, "1.00")

@@ -1,9 +1,5 @@
-import os
 import re
-import subprocess
-import sys
 from io import StringIO
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -13,9 +9,7 @@ from django.db import DatabaseError
 from django.test import Client
 from django.urls import reverse
 
-from tests.conftest import PASSWORD
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import PASSWORD, PRODUCTION_ENV, manage
 
 
 def test_a_new_person_can_sign_up_and_is_logged_in(client, db, django_user_model):
@@ -113,7 +107,7 @@ def test_sign_up_with_a_known_address_looks_and_works_like_a_new_one(alice, sett
     """B4: a new address got a session cookie, "Chat" in the nav and took 0.27 s; a known
     one none of that and 0.01 s."""
     settings.ACCOUNTS_VERIFY_EMAIL = True
-    settings.PASSWORD_HASHERS = ["tests.test_accounts.CountingHasher"]
+    settings.PASSWORD_HASHERS = ["tests.accounts.test_accounts.CountingHasher"]
 
     def attempt(username, email):
         client = Client()
@@ -297,33 +291,14 @@ def test_healthz_answers_503_when_the_database_is_down(client, db):
     assert client.get("/healthz").status_code == 200  # and back once it answers
 
 
-PRODUCTION_ENV = {
-    "DEBUG": "false",
-    "SECRET_KEY": "x" * 60 + "-production-like-secret",
-    "ALLOWED_HOSTS": "chat.example.com",
-    "PATH": os.environ["PATH"],
-}
-
-
-def _manage(*args, env):
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_check_deploy_is_clean_with_production_settings():
-    result = _manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION_ENV)
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=PRODUCTION_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
 
 def test_production_refuses_to_start_without_a_secret_key():
     env = {k: v for k, v in PRODUCTION_ENV.items() if k != "SECRET_KEY"}
-    result = _manage("check", env=env)
+    result = manage("check", env=env)
     assert result.returncode != 0
     assert "SECRET_KEY is required when DEBUG is off" in result.stderr

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from tests.conftest import batched_events
+from tests.helpers import batched_events
 from usage.limits import TokenUsage, reserve, settle
 from usage.management.commands import reconcile_usage
 from usage.management.commands.reconcile_usage import RECHECK_QUERY, RECONCILE_QUERY

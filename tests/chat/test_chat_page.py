@@ -7,8 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.conftest import hold_budget, set_budget, settled_today
-from tests.test_chat import OPENAI_COMPLETION, post
+from tests.helpers import OPENAI_COMPLETION, hold_budget, post, set_budget, settled_today
 from usage import limits
 from usage.models import Generation
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from chat.render import markdown_html
-from tests.test_chat import OPENAI_COMPLETION, post, sse_events
+from tests.helpers import OPENAI_COMPLETION, post, sse_events
 
 pytestmark = pytest.mark.django_db
 

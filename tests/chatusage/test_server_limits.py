@@ -10,6 +10,7 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from chatusage import asgi
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -91,7 +92,7 @@ def test_the_server_config_outlasts_the_deadline_and_trusts_no_forwarded_header(
     before they settled. And uvicorn trusted X-Forwarded-For from 127.0.0.1."""
     monkeypatch.setenv("OPENAI_DEADLINE", "120")
     monkeypatch.setenv("GUNICORN_GRACEFUL_TIMEOUT", "30")
-    config = runpy.run_path("gunicorn.conf.py")
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert config["graceful_timeout"] >= 120 + 30
     assert config["forwarded_allow_ips"] == ""
     assert config["worker_class"] == "chatusage.server.Worker"

@@ -1,12 +1,10 @@
 """Budget alerts: exactly once per threshold and cycle, delivered at least once, signed."""
 
 import json
-import re
 import threading
 import time
 from decimal import Decimal
 from io import StringIO
-from pathlib import Path
 
 import pytest
 import responses
@@ -15,7 +13,7 @@ from django.db import connection, connections
 from django.test import Client
 from django.utils import timezone
 
-from tests.conftest import set_budget
+from tests.helpers import documented_verify, set_budget
 from usage import alerts, budget
 from usage.limits import TokenUsage, UsageLimitReached, reserve, settle
 from usage.models import Alert, ModelPrice
@@ -23,7 +21,6 @@ from usage.models import Alert, ModelPrice
 MESSAGES = [{"role": "user", "content": "hi"}]
 WEBHOOK = "https://hooks.example.test/chatusage"
 SECRET = "whsec-test-secret"
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture
@@ -37,15 +34,6 @@ def cent_model(db):
 
 def spend_cents(user, model, cents, max_tokens=30):
     settle(reserve(user, model, MESSAGES, max_tokens), TokenUsage(0, 0, cents))
-
-
-def documented_verify():
-    """The signature check exactly as README.md shows it."""
-    text = README.read_text()
-    code = re.search(r"<!-- signature-snippet -->\s*```python\n(.*?)```", text, re.S).group(1)
-    namespace: dict = {}
-    exec(code, namespace)  # noqa: S102 - our own README's snippet, under test
-    return namespace["verify"]
 
 
 def test_a_signed_delivery_replayed_later_is_refused_by_the_documented_check():

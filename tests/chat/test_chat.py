@@ -4,91 +4,22 @@ from decimal import Decimal
 
 import httpx2
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
-from django.conf import settings
-from django.contrib.sessions.backends.db import SessionStore
-from django.core.signals import request_finished
-from django.db import close_old_connections
-from django.test import Client, RequestFactory
+from asgiref.sync import async_to_sync
+from django.test import Client
 
-from chat import services, views
+from chat import services
 from chat.models import Conversation, Message
-from tests.conftest import hold_budget, set_budget
+from tests.helpers import (
+    API,
+    OPENAI_COMPLETION,
+    client_goes_away,
+    hold_budget,
+    post,
+    set_budget,
+    sse_events,
+    stream_directly,
+)
 from usage.models import Alert, DailyUsage, Generation
-
-API = "/api/chat/"
-
-OPENAI_COMPLETION = {
-    "id": "chatcmpl-1",
-    "object": "chat.completion",
-    "created": 1764000000,
-    "model": "gpt-4o-mini-2024-07-18",
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "Paris is the capital of France."},
-            "finish_reason": "stop",
-        }
-    ],
-    "usage": {
-        "prompt_tokens": 2000,
-        "completion_tokens": 9,
-        "total_tokens": 2009,
-        "prompt_tokens_details": {"cached_tokens": 1024},
-    },
-}
-
-
-def post(client, body, **extra):
-    return client.post(API, json.dumps(body), content_type="application/json", **extra)
-
-
-def parse_sse(text: str) -> list[tuple[str, dict]]:
-    events = []
-    for frame in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in frame.split("\n"))
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
-
-
-def sse_events(response) -> list[tuple[str, dict]]:
-    """Read a streamed answer to its end, as the ASGI server does (async iteration)."""
-
-    async def read():
-        return b"".join([part async for part in response])
-
-    return parse_sse(async_to_sync(read)().decode())
-
-
-def api_request(user, body: dict):
-    """A POST to /api/chat/ by `user` (logged in, with a session), past the middleware."""
-    client = Client()
-    client.force_login(user)
-    request = RequestFactory().post(API, json.dumps(body), content_type="application/json")
-    request.session = SessionStore(client.cookies[settings.SESSION_COOKIE_NAME].value)
-    return request
-
-
-async def stream_directly(user, prompt):
-    """The streaming response as the ASGI handler gets it (no test-client wrapper around it)."""
-    request = await sync_to_async(api_request)(user, {"prompt": prompt, "stream": True})
-    return await views.api_chat(request)
-
-
-async def client_goes_away(response, parts=None):
-    """What the ASGI handler does when the browser disconnects: close the body iterator it was
-    reading, then the response.
-
-    The request_finished signal is held back, as Django's test client does, so it does not
-    close the test's database connection (a real server's connection is in autocommit).
-    """
-    if parts is not None:
-        await parts.aclose()
-    request_finished.disconnect(close_old_connections)
-    try:
-        await sync_to_async(response.close)()
-    finally:
-        request_finished.connect(close_old_connections)
 
 
 def test_a_message_is_answered_priced_and_recorded(alice_client, alice, openai_mock):
@@ -482,7 +413,7 @@ def test_shutdown_delivers_queued_events(
     alice_client, alice, openai_mock, posthog_capture, requests_mock
 ):
     from chatusage import analytics
-    from tests.conftest import batched_events
+    from tests.helpers import batched_events
 
     post(alice_client, {"prompt": "flush me"})
     analytics.shutdown()  # what atexit and gunicorn's worker_exit call

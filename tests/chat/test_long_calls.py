@@ -16,9 +16,15 @@ from django.db import OperationalError
 from chat import demo, llm, services, spool, views
 from chat.models import Message
 from chatusage.db import step
-from tests.conftest import set_budget
-from tests.e2e.servers import endless_frames
-from tests.test_chat import api_request, client_goes_away, parse_sse, post, stream_directly
+from tests.e2e.harness.servers import endless_frames
+from tests.helpers import (
+    api_request,
+    client_goes_away,
+    parse_sse,
+    post,
+    set_budget,
+    stream_directly,
+)
 from usage import limits
 from usage.models import DailyUsage, Generation, ModelPrice
 

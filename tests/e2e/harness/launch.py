@@ -16,9 +16,9 @@ from pathlib import Path
 
 import requests
 
-from tests.e2e.servers import TcpProxy, free_port
+from tests.e2e.harness.servers import TcpProxy, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 # Only keeps a hung server from hanging a test: twenty logins at once hash twenty passwords
 # on two shared cores, which can take a while on a busy machine.
@@ -116,7 +116,7 @@ class App:
         return session
 
 
-def _manage(env, *args, timeout=180):
+def manage(env, *args, timeout=180):
     result = subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
@@ -176,9 +176,9 @@ def gunicorn_app(
             import redis
 
             redis.Redis(port=6379, db=7).flushdb()
-        _manage(full_env, "migrate", "--noinput", "-v0")
-        _manage(full_env, "collectstatic", "--noinput", "-v0")
-        output = _manage(
+        manage(full_env, "migrate", "--noinput", "-v0")
+        manage(full_env, "collectstatic", "--noinput", "-v0")
+        output = manage(
             full_env,
             "shell",
             "--no-imports",

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils import timezone as django_timezone
 
 from chat import services
-from tests.conftest import set_budget, streamed
+from tests.helpers import set_budget, streamed
 from usage import limits, reports, sql
 from usage.cycles import cycle_containing
 from usage.limits import TokenUsage, UsageLimitReached, reserve, settle
