@@ -241,23 +241,32 @@ def provider_error(exc: Exception, mid_stream: bool = False) -> ProviderError:
     return ProviderError("provider_bad_response")
 
 
-async def complete(messages: list[dict], *, until: float, **context) -> Completion:
-    """One non-streaming chat completion, over by `until` (monotonic) whatever happens."""
-    provider = current_provider()
-    options = _call_options(provider, messages, **context)
+async def _create(messages: list[dict], until: float, context: dict, **extra):
+    """Send one chat completion through PostHog's wrapper, by `until` whatever happens:
+    (the SDK's answer, the monotonic time it was sent)."""
+    options = _call_options(current_provider(), messages, **context)
     started = time.monotonic()
     try:
         async with asyncio.timeout(_remaining(until)):
-            response = await client().chat.completions.create(**options)
-        choice = response.choices[0]
-        text = clean_text(choice.message.content or "")
+            return await client().chat.completions.create(**extra, **options), started
     except TimeoutError as exc:
         raise deadline_error() from exc
     except SDK_FAILURES as exc:
         raise provider_error(exc) from exc
+
+
+async def complete(messages: list[dict], *, until: float, **context) -> Completion:
+    """One non-streaming chat completion, over by `until` (monotonic) whatever happens."""
+    response, started = await _create(messages, until, context)
+    try:
+        choice = response.choices[0]
+        text = clean_text(choice.message.content or "")
+        usage = _usage(response.usage)
+    except SDK_FAILURES as exc:
+        raise provider_error(exc) from exc
     return Completion(
         text=text,
-        usage=_usage(response.usage),
+        usage=usage,
         latency_ms=round((time.monotonic() - started) * 1000),
         finish_reason=choice.finish_reason,
     )
@@ -341,14 +350,5 @@ class Stream:
 
 async def stream(messages: list[dict], *, until: float, **context) -> Stream:
     """A streaming chat completion; the wrapper asks for the final usage chunk itself."""
-    provider = current_provider()
-    options = _call_options(provider, messages, **context)
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(_remaining(until)):
-            raw = await client().chat.completions.create(stream=True, **options)
-    except TimeoutError as exc:
-        raise deadline_error() from exc
-    except SDK_FAILURES as exc:
-        raise provider_error(exc) from exc
+    raw, started = await _create(messages, until, context, stream=True)
     return Stream(raw, started, until, max_answer_chars())

@@ -14,7 +14,7 @@ that stopped renewing (a killed worker) has its hold released.
 import logging
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID, uuid4
@@ -327,27 +327,24 @@ def reserve(
     """
     price = price_for(model)
     input_bound = worst_case_input_tokens(messages)
-    worst_case = price.cost(input_bound, 0, max_tokens)
     now = timezone.now()
-    generation_id = uuid4()
-    hold = sql.insert_reservation(
-        id=generation_id,
+    reservation = Reservation(
+        generation_id=uuid4(),
         user_id=user.pk,
-        conversation_id=conversation_id,
         model=model,
         provider=provider,
-        reserved_cost=worst_case,
-        price_input_per_1m=price.input_per_1m,
-        price_cached_input_per_1m=price.cached_input_per_1m,
-        price_output_per_1m=price.output_per_1m,
-        created_at=now,
-        lease_until=lease_end(now),
+        price=price,
+        reserved_cost=price.cost(input_bound, 0, max_tokens),
+        input_token_bound=input_bound,
+        max_tokens=max_tokens,
+        reserved_at=now,
     )
+    hold = sql.insert_reservation(reservation, conversation_id, lease_end(now))
     # savepoint=False: inside the caller's transaction (the chat turn's) this adds no
     # round trips; an error rolls that transaction back.
     with transaction.atomic(savepoint=False):
         account, spend, held = _locked_spend(user.pk, now, hold)
-        refused = refusal(account, spend, worst_case)
+        refused = refusal(account, spend, reservation.reserved_cost)
         if refused is None and not held:
             sql.batch(hold)
         elif refused is not None and held:
@@ -357,18 +354,7 @@ def reserve(
             alerts.after_refusal(account, spend.cycle, spend.settled_cost)
     if refused is not None:
         raise refused
-    return Reservation(
-        generation_id=generation_id,
-        user_id=user.pk,
-        model=model,
-        provider=provider,
-        price=price,
-        reserved_cost=worst_case,
-        input_token_bound=input_bound,
-        max_tokens=max_tokens,
-        reserved_at=now,
-        alerting=alerts.watches(account),
-    )
+    return replace(reservation, alerting=alerts.watches(account))
 
 
 def refusal(account: UsageAccount, spend: Spend, worst_case: Decimal) -> UsageLimitReached | None:

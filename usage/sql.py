@@ -173,10 +173,18 @@ INSERT_SQL = (
 )
 
 
-def insert_reservation(**values) -> tuple[str, list]:
-    """A pending generation holding its worst case: settle() fills in the rest."""
+def insert_reservation(reservation, conversation_id, lease_until: datetime) -> tuple[str, list]:
+    """A pending generation holding `reservation`'s worst case (a limits.Reservation):
+    settle() fills in the rest."""
+    price = reservation.price
     values = {
+        "id": reservation.generation_id,
+        "user_id": reservation.user_id,
+        "conversation_id": conversation_id,
+        "model": reservation.model,
+        "provider": reservation.provider,
         "status": PENDING,
+        "reserved_cost": reservation.reserved_cost,
         "input_tokens": 0,
         "cached_input_tokens": 0,
         "output_tokens": 0,
@@ -184,7 +192,11 @@ def insert_reservation(**values) -> tuple[str, list]:
         "cost_estimated": False,
         "exceeded_reservation": False,
         "error": "",
-        **values,
+        "price_input_per_1m": price.input_per_1m,
+        "price_cached_input_per_1m": price.cached_input_per_1m,
+        "price_output_per_1m": price.output_per_1m,
+        "created_at": reservation.reserved_at,
+        "lease_until": lease_until,
     }
     return INSERT_SQL, params([values[field] for field in GENERATION_FIELDS])
 
