@@ -7,7 +7,7 @@ The budget figures always come from the ledger: it is what enforces the budget.
 """
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -68,39 +68,21 @@ LIMIT 50000
 
 
 @dataclass(frozen=True)
-class Row:
-    """Usage of one model on one local day."""
-
-    day: date
-    model: str
-    messages: int = 0
-    errors: int = 0
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    cost: Decimal = Decimal(0)
-
-    def __add__(self, other: "Row") -> "Row":
-        return Row(
-            self.day,
-            self.model,
-            self.messages + other.messages,
-            self.errors + other.errors,
-            self.input_tokens + other.input_tokens,
-            self.cached_input_tokens + other.cached_input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cost + other.cost,
-        )
-
-
-@dataclass(frozen=True)
 class Totals:
+    """Messages, tokens and cost summed over some usage."""
+
     messages: int = 0
     errors: int = 0
     input_tokens: int = 0
     cached_input_tokens: int = 0
     output_tokens: int = 0
     cost: Decimal = Decimal(0)
+
+    def __add__(self, other: "Totals") -> "Totals":
+        """The sum of two (rows of the same day and model stay that day and model)."""
+        return replace(
+            self, **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(Totals)}
+        )
 
     @property
     def total_tokens(self) -> int:
@@ -117,6 +99,14 @@ class Totals:
             sum(r.output_tokens for r in rows),
             sum((r.cost for r in rows), Decimal(0)).quantize(REPORT_QUANTUM),
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row(Totals):
+    """Usage of one model on one local day."""
+
+    day: date
+    model: str
 
 
 @dataclass(frozen=True)
@@ -200,14 +190,14 @@ def account_for(user) -> UsageAccount:
 def ledger_rows(user_id: int, cycle: Cycle) -> list[Row]:
     return [
         Row(
-            r.day,
-            r.model,
-            r.generations,
-            r.errors,
-            r.input_tokens,
-            r.cached_input_tokens,
-            r.output_tokens,
-            r.cost,
+            day=r.day,
+            model=r.model,
+            messages=r.generations,
+            errors=r.errors,
+            input_tokens=r.input_tokens,
+            cached_input_tokens=r.cached_input_tokens,
+            output_tokens=r.output_tokens,
+            cost=r.cost,
         )
         for r in DailyUsage.objects.filter(
             user_id=user_id, day__gte=cycle.start_date, day__lt=cycle.end_date
@@ -241,8 +231,8 @@ def posthog_rows(user_id: int, cycle: Cycle, refresh: bool = False) -> list[Row]
         is_error = bool(r["is_error"])
         generations = int(r["generations"] or 0)
         row = Row(
-            day,
-            model,
+            day=day,
+            model=model,
             messages=0 if is_error else generations,
             errors=generations if is_error else 0,
             input_tokens=int(r["input_tokens"] or 0),
