@@ -472,3 +472,21 @@ def test_an_answer_that_cannot_be_saved_is_still_billed(alice, openai_mock, monk
     assert DailyUsage.objects.get(user=alice).generations == 1
     assert not Message.objects.filter(role=Message.Role.ASSISTANT).exists()
     assert not Message.objects.get(pk=turn.prompt.pk).failed  # billed: Retry would bill again
+
+
+def test_an_unexpected_failure_in_a_call_is_recorded_as_itself_not_as_a_client_gone(
+    alice, openai_mock, monkeypatch
+):
+    """Any exception in a non-streamed call was recorded as "The client went away before
+    an answer.", which sent whoever read the ledger looking in the wrong place."""
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(services.llm, "complete", broken)
+    turn = services._start_turn(alice, "Hello")
+    with pytest.raises(RuntimeError):
+        async_to_sync(services.answer)(turn)
+    generation = Generation.objects.get(pk=turn.reservation.generation_id)
+    assert (generation.status, generation.cost) == ("error", 0)
+    assert generation.error == "Failed: RuntimeError"

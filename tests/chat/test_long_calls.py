@@ -4,6 +4,7 @@ deadline holds across retries and streaming, and a slow call keeps its budget ho
 import asyncio
 import contextlib
 import time
+from datetime import timedelta
 from decimal import Decimal
 from io import StringIO
 
@@ -137,12 +138,15 @@ def test_a_stream_cancelled_while_waiting_on_the_model_settles_what_arrived(alic
         response = await stream_directly(alice, "Tell me something")
         parts = aiter(response)
 
+        words = asyncio.Event()
+
         async def consume():
-            async for _ in parts:
-                pass
+            async for part in parts:
+                if b"event: delta" in part:
+                    words.set()
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.3)
+        await words.wait()  # the answer is under way
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -156,15 +160,18 @@ def test_a_stream_cancelled_while_waiting_on_the_model_settles_what_arrived(alic
 
 
 def test_a_plain_call_cancelled_while_waiting_on_the_model_costs_nothing(alice, openai_mock):
+    asked = asyncio.Event()
+
     async def slow(request):
-        await asyncio.sleep(30)
+        asked.set()
+        await asyncio.Event().wait()  # a model that never answers
 
     openai_mock.handler = slow
 
     async def scenario():
         request = await sync_to_async(api_request)(alice, {"prompt": "hello"})
         task = asyncio.create_task(views.api_chat(request))
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(asked.wait(), 60)  # the model is working on it
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -190,7 +197,10 @@ def test_a_call_slower_than_the_old_expiry_keeps_its_hold(alice, openai_mock, se
         await anext(parts)
         await anext(parts)  # the first call is streaming
         first = await Generation.objects.aget(user=alice)
-        await asyncio.sleep(0.3)  # older than 2 x OPENAI_TIMEOUT
+        # Far older than its per-read timeout: only its lease may say whether it holds.
+        await Generation.objects.filter(pk=first.pk).aupdate(
+            created_at=first.created_at - timedelta(hours=1)
+        )
         budget = first.reserved_cost * Decimal("1.5")  # room for one call, not two
         await step(set_budget, alice, budget)
         with pytest.raises(services.ChatError) as refused:
