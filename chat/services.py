@@ -138,6 +138,9 @@ def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
         return ChatError("email_not_verified", detail, **extra)
     if isinstance(exc, limits.UsageLimitReached) and exc.reason == "blocked":
         return ChatError("account_blocked", detail, **extra)
+    if isinstance(exc, limits.UsageLimitReached) and exc.reason == "conversation":
+        new_chat = str(exc.new_chat.quantize(Decimal("0.000001")))
+        return ChatError("conversation_too_long", detail, **extra, new_chat_usd=new_chat)
     if isinstance(exc, limits.UsageLimitReached):
         return ChatError(
             "usage_limit_reached", detail, retry_after=exc.retry_after, **extra, **exc.as_dict()
@@ -170,6 +173,7 @@ def _start_turn(user, prompt_text, conversation_id=None) -> Turn:
                 settings.OPENAI_MAX_TOKENS,
                 provider=provider.name,
                 conversation_id=conversation.pk,
+                new_chat_messages=None if new_conversation else history(None, text),
             )
         except (limits.UsageLimitReached, UnknownModelError) as exc:
             refused = exc  # raised after the commit, which keeps what reserve() recorded

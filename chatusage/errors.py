@@ -37,6 +37,8 @@ CATALOGUE: dict[str, Entry] = {
     "email_not_verified": Entry(403, "{detail}"),
     "account_blocked": Entry(403, "{detail}"),
     "usage_limit_reached": Entry(429, "{detail}"),
+    # A new chat would fit: start one (nothing resets, so no Retry-After).
+    "conversation_too_long": Entry(429, "{detail}"),
     "rate_limited": Entry(429, "Too many messages in a short time. Try again in {wait} seconds."),
     # The model provider (502, 503, 504): the message is kept and can be sent again
     "model_not_priced": Entry(503, "{detail}"),

@@ -130,10 +130,15 @@ class Spend:
 class UsageLimitReached(Exception):
     """The call's worst case would pass the user's budget or message limit."""
 
-    def __init__(self, reason: str, spend: Spend, worst_case: Decimal):
-        self.reason = reason  # "budget", "messages", "unverified" or "blocked"
+    def __init__(
+        self, reason: str, spend: Spend, worst_case: Decimal, new_chat: Decimal | None = None
+    ):
+        # "budget", "conversation" (this conversation's next message does not fit, a new
+        # chat's does), "messages", "unverified" or "blocked"
+        self.reason = reason
         self.spend = spend
         self.worst_case = worst_case
+        self.new_chat = new_chat  # the most a new chat's first message could cost
         resets = spend.cycle.end_date.isoformat()
         if reason == "blocked":
             message = "Chat is paused for this account. Please contact the site's staff."
@@ -141,6 +146,13 @@ class UsageLimitReached(Exception):
             message = (
                 "Confirm your email address to start chatting: open the link we sent you "
                 "(or ask for a new one on the chat page)."
+            )
+        elif reason == "conversation":
+            left = max(spend.budget - spend.settled_cost - spend.pending_cost, Decimal(0))
+            message = (
+                f"This conversation is too long for what is left of your budget: its next "
+                f"message could cost up to ${worst_case:.4f} and ${left:.4f} is left this "
+                f"cycle. A new chat costs at most ${new_chat:.4f} for the same message."
             )
         elif reason == "budget":
             message = (
@@ -318,8 +330,12 @@ def reserve(
     max_tokens: int,
     provider: str = "openai",
     conversation_id: UUID | None = None,
+    new_chat_messages: list[dict] | None = None,
 ) -> Reservation:
     """Hold the call's worst-case cost, or raise UsageLimitReached (or UnknownModelError).
+
+    `new_chat_messages`: for a message in an existing conversation, the same message as a
+    new chat would send it, so that a refusal can tell "too long" from "used up".
 
     One transaction, two round trips on PostgreSQL: lock the account, read the spend and
     insert the reservation; then apply the rules (refusal()) and commit, or take the
@@ -344,24 +360,35 @@ def reserve(
     # round trips; an error rolls that transaction back.
     with transaction.atomic(savepoint=False):
         account, spend, held = _locked_spend(user.pk, now, hold)
-        refused = refusal(account, spend, reservation.reserved_cost)
+        new_chat = (
+            None
+            if new_chat_messages is None
+            else price.cost(worst_case_input_tokens(new_chat_messages), 0, max_tokens)
+        )
+        refused = refusal(account, spend, reservation.reserved_cost, new_chat)
         if refused is None and not held:
             sql.batch(hold)
         elif refused is not None and held:
             sql.batch(sql.take_back(hold))
         if refused is not None and refused.reason in ("budget", "messages"):
-            # Committed with this transaction, so it is raised after the block.
+            # Only when a new chat would be refused too: a conversation too long for what
+            # is left has not reached the limit. Committed with this transaction, so it is
+            # raised after the block.
             alerts.after_refusal(account, spend.cycle, spend.settled_cost)
     if refused is not None:
         raise refused
     return replace(reservation, alerting=alerts.watches(account))
 
 
-def refusal(account: UsageAccount, spend: Spend, worst_case: Decimal) -> UsageLimitReached | None:
+def refusal(
+    account: UsageAccount, spend: Spend, worst_case: Decimal, new_chat: Decimal | None = None
+) -> UsageLimitReached | None:
     """The budget rules: why this call may not start, or None if it may.
 
     `spend` counts the calls in flight at their worst case, so concurrent calls can never
-    together pass the budget or the message limit.
+    together pass the budget or the message limit. `new_chat` is what the same message
+    would hold in a new conversation (None: this is one): when that would fit, the refusal
+    says the conversation is too long, not that the budget is used up.
     """
     if account.blocked:  # staff paused this account's chat
         return UsageLimitReached("blocked", spend, worst_case)
@@ -369,6 +396,8 @@ def refusal(account: UsageAccount, spend: Spend, worst_case: Decimal) -> UsageLi
         return UsageLimitReached("unverified", spend, worst_case)
     committed = spend.settled_cost + spend.pending_cost
     if spend.budget and committed + worst_case > spend.budget:
+        if new_chat is not None and committed + new_chat <= spend.budget:
+            return UsageLimitReached("conversation", spend, worst_case, new_chat)
         return UsageLimitReached("budget", spend, worst_case)
     if spend.message_limit and (
         spend.settled_messages + spend.pending_messages >= spend.message_limit

@@ -16,6 +16,7 @@ from tests.helpers import (
     hold_budget,
     post,
     set_budget,
+    settled_today,
     sse_events,
     stream_directly,
 )
@@ -490,3 +491,45 @@ def test_an_unexpected_failure_in_a_call_is_recorded_as_itself_not_as_a_client_g
     generation = Generation.objects.get(pk=turn.reservation.generation_id)
     assert (generation.status, generation.cost) == ("error", 0)
     assert generation.error == "Failed: RuntimeError"
+
+
+def test_a_conversation_too_long_for_what_is_left_is_not_called_a_used_up_budget(
+    alice_client, alice, openai_mock, settings, mailoutbox
+):
+    """$0.02 of $0.05 left, refused because a long conversation's worst case did not fit,
+    then told by banner and mail "You have reached this cycle's limit" while a new chat
+    worked."""
+    from usage.models import ModelPrice
+
+    ModelPrice.objects.create(  # input at $0.00001 a token, output free: history is the cost
+        model="input-model", input_per_1m=10, cached_input_per_1m=10, output_per_1m=0
+    )
+    settings.OPENAI_MODEL = "input-model"
+    settings.CHAT_HISTORY_BYTES = 24000
+    set_budget(alice, "0.05")
+    settled_today(alice, "0.03")
+    conversation = Conversation.objects.create(user=alice, title="long")
+    for _ in range(8):  # 16 KB of history: up to $0.16 of input, where $0.02 is left
+        Message.objects.create(conversation=conversation, role="user", content="x" * 2000)
+    openai_mock.answer(body=OPENAI_COMPLETION)
+    refused = post(alice_client, {"prompt": "one more", "conversation_id": str(conversation.pk)})
+    data = refused.json()
+    assert (refused.status_code, data["code"]) == (429, "conversation_too_long")
+    assert (
+        "too long for what is left" in data["error"] and "A new chat costs at most" in data["error"]
+    )
+    assert "Retry-After" not in refused
+    assert not Alert.objects.filter(user=alice).exists()  # no "limit reached" alert, no mail
+    assert mailoutbox == []
+    fresh = post(alice_client, {"prompt": "one more"})  # as the refusal said: a new chat works
+    assert fresh.status_code == 200
+
+
+def test_a_budget_used_up_is_still_called_that_in_a_conversation(alice_client, alice, openai_mock):
+    set_budget(alice, "0.05")
+    settled_today(alice, "0.05")
+    openai_mock.answer(body=OPENAI_COMPLETION)
+    conversation = Conversation.objects.create(user=alice, title="short")
+    refused = post(alice_client, {"prompt": "hello", "conversation_id": str(conversation.pk)})
+    assert refused.json()["code"] == "usage_limit_reached"  # a new chat would not fit either
+    assert Alert.objects.filter(user=alice, kind="usage.limit_reached").exists()
