@@ -3,9 +3,12 @@ them are in accounts/services.py; Django's own auth views serve login, logout an
 reset (accounts/urls.py)."""
 
 from axes.helpers import get_client_ip_address
+from axes.models import AccessAttempt
+from axes.utils import reset as reset_lockout
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -86,3 +89,27 @@ def locked_out(request, response, credentials) -> HttpResponse:
         f"{minutes} minutes, or reset your password.",
         int(settings.AXES_COOLOFF_TIME.total_seconds()),
     )
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login, saying after a failure how many attempts are left before the lock."""
+
+    def form_invalid(self, form):
+        username = form.data.get("username", "")
+        failures = sum(
+            AccessAttempt.objects.filter(
+                username=username, ip_address=get_client_ip_address(self.request)
+            ).values_list("failures_since_start", flat=True)
+        )
+        left = max(settings.AXES_FAILURE_LIMIT - failures, 0)
+        return self.render_to_response(self.get_context_data(form=form, attempts_left=left))
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    """A completed reset proves the account is its owner's: it lifts the login lock on that
+    username (the lock page itself says to reset the password)."""
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        reset_lockout(username=form.user.get_username())
+        return response
