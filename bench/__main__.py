@@ -24,6 +24,7 @@ RUNS = [
     ("bench.throughput", ["no-preload"]),
     ("bench.streams", ["64"]),
     ("bench.streams", ["256"]),
+    ("bench.turn_cpu", []),
 ]
 
 
@@ -133,6 +134,20 @@ def rows(by: dict) -> list[tuple[str, str, str]]:
                     f"≤ {r['most_pg_connections']} PostgreSQL connections · /healthz ≤ "
                     f"{r['healthz_worst_s']} s · {r['done']}/{n} done",
                     "≤ 1.5x at 256",
+                )
+            )
+    c = by.get(("turn_cpu", None, None))
+    if c:
+        for kind, target in (("streamed", "≤ 3x the relay"), ("plain", "≤ 6 ms")):
+            r = c[kind]
+            table.append(
+                (
+                    f"CPU per {kind} turn, production command (2 workers, PostgreSQL, Redis, "
+                    f"capture on; {c['chunks']} chunks; {c['turns']} turns, {c['at_once']} at "
+                    "once) vs a bare ASGI relay under the same command",
+                    f"**{r['product_ms']} ms** (runs {r['product_all_ms']}) vs relay "
+                    f"{r['relay_ms']} ms (runs {r['relay_all_ms']}): **{r['ratio']}x**",
+                    target,
                 )
             )
     return table

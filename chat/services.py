@@ -328,15 +328,22 @@ NOT_ANSWERED = "The client went away before an answer."
 
 log = logging.getLogger(__name__)
 
-# Settling steps run as tasks of their own (so a cancelled request still completes them);
-# a reference is kept until each ends, and a failure is logged, not lost with the task.
-_settling: set[asyncio.Task] = set()
+# Settling steps and stream relays run as tasks of their own (so a cancelled request still
+# completes them); a reference is kept until each ends, and a failure is logged, not lost
+# with the task.
+_running: set[asyncio.Task] = set()
 
 
-def _settled(task: asyncio.Task) -> None:
-    _settling.discard(task)
+def _kept(task: asyncio.Task) -> asyncio.Task:
+    _running.add(task)
+    task.add_done_callback(_ended)
+    return task
+
+
+def _ended(task: asyncio.Task) -> None:
+    _running.discard(task)
     if not task.cancelled() and task.exception() is not None:
-        log.error("A settling step failed", exc_info=task.exception())
+        log.error("A chat task failed", exc_info=task.exception())
 
 
 async def _settle(fn, *args, **kwargs):
@@ -346,10 +353,7 @@ async def _settle(fn, *args, **kwargs):
     A client that goes away cancels the request's task; the write still completes (in
     its own task) and the cancellation is re-raised to the caller afterwards.
     """
-    task = asyncio.ensure_future(_retrying(fn, args, kwargs))
-    _settling.add(task)
-    task.add_done_callback(_settled)
-    return await asyncio.shield(task)
+    return await asyncio.shield(_kept(asyncio.ensure_future(_retrying(fn, args, kwargs))))
 
 
 async def _retrying(fn, args, kwargs):
@@ -448,7 +452,7 @@ async def stream_events(turn: Turn) -> AsyncIterator[tuple[str, dict]]:
             },
         )
         queue: asyncio.Queue = asyncio.Queue()
-        relay = asyncio.create_task(_relay(turn, queue))
+        relay = _kept(asyncio.create_task(_relay(turn, queue)))
         while True:
             events = [await queue.get()]
             while not queue.empty():

@@ -1,0 +1,166 @@
+"""CPU per chat turn under the production command, beside a bare relay (bench/relay.py).
+
+Both run as `gunicorn -c gunicorn.conf.py` (2 uvicorn workers) against the same fake model
+(30 chunks an answer), driven by one asyncio client with 8 turns in flight. The product
+has PostgreSQL, Redis and PostHog capture (to a loopback sink) on. The figure is the
+worker processes' CPU time (user + system, from /proc) over the turns, divided by the
+turns: for streamed and for plain turns, then each as a ratio to the relay's.
+"""
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import ROOT, emit, server_process
+
+TURNS = int(os.environ.get("BENCH_TURNS", "400"))
+AT_ONCE = 8
+ANSWER_SECONDS = 0.6  # the fake model's pace: 30 chunks over this
+CHUNKS = 30
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def workers_cpu(master_pid: int) -> float:
+    """CPU seconds the master's children (the workers) have used so far."""
+    children = []
+    for task in Path(f"/proc/{master_pid}/task").iterdir():
+        children += (task / "children").read_text().split()
+    total = 0
+    for pid in children:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+async def one_turn(client, url, stream, cookies, headers) -> bool:
+    body = {"prompt": "tell me about relays", "stream": stream}
+    if not stream:
+        response = await client.post(
+            f"{url}/api/chat/", json=body, cookies=cookies, headers=headers
+        )
+        return response.status_code == 200
+    async with client.stream(
+        "POST", f"{url}/api/chat/", json=body, cookies=cookies, headers=headers
+    ) as response:
+        ended = False
+        async for line in response.aiter_lines():
+            ended = ended or line == "event: done"
+        return ended
+
+
+async def turns(url, count, stream, cookies=None, headers=None) -> int:
+    import httpx2
+
+    async with httpx2.AsyncClient(timeout=120) as client:
+        gate = asyncio.Semaphore(AT_ONCE)
+
+        async def guarded():
+            async with gate:
+                return await one_turn(client, url, stream, cookies, headers)
+
+        return sum(await asyncio.gather(*[guarded() for _ in range(count)]))
+
+
+def per_turn(master_pid, url, stream, cookies=None, headers=None) -> dict:
+    asyncio.run(turns(url, 2 * AT_ONCE, stream, cookies, headers))  # warm up
+    before, started = workers_cpu(master_pid), time.monotonic()
+    ok = asyncio.run(turns(url, TURNS, stream, cookies, headers))
+    cpu = workers_cpu(master_pid) - before
+    return {
+        "ms": round(cpu / TURNS * 1000, 2),
+        "ok": ok,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+
+
+def relay(model_url) -> dict:
+    from tests.e2e.harness.servers import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "RELAY_MODEL_URL": model_url,
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_PRELOAD": "false",
+        "GUNICORN_ACCESS_LOG": "",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "bench.relay:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        for _ in range(200):
+            try:
+                requests.post(f"{url}/api/chat/", json={"prompt": "up?"}, timeout=5)
+                break
+            except requests.RequestException:
+                time.sleep(0.1)
+        return {
+            "streamed": per_turn(process.pid, url, True),
+            "plain": per_turn(process.pid, url, False),
+        }
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def product(model_url) -> dict:
+    from tests.e2e.harness.launch import fake_model_env, gunicorn_app
+    from tests.e2e.harness.servers import CaptureSink
+
+    sink = CaptureSink()
+    env = fake_model_env(model_url, POSTHOG_API_KEY="phc_bench", POSTHOG_HOST=sink.url)
+    try:
+        with gunicorn_app(Path(tempfile.mkdtemp()), env, [("cpu", "100000")], proxy=False) as app:
+            session = app.login("cpu")
+            cookies, headers = dict(session.cookies), dict(session.headers)
+            return {
+                "streamed": per_turn(app.process.pid, app.url, True, cookies, headers),
+                "plain": per_turn(app.process.pid, app.url, False, cookies, headers),
+            }
+    finally:
+        sink.stop()
+
+
+def main():
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
+    os.environ.setdefault("SECRET_KEY", "bench")
+    import django
+
+    django.setup()
+    from tests.e2e.harness.launch import postgres_answers
+
+    if not postgres_answers():
+        emit(bench="turn_cpu", skipped="PostgreSQL is not answering")
+        return
+    with server_process("model", str(ANSWER_SECONDS), str(CHUNKS)) as model_url:
+        runs = [(relay(model_url), product(model_url)) for _ in range(3)]  # side by side
+    figures = {}
+    for kind in ("streamed", "plain"):
+        bare = statistics.median(r[kind]["ms"] for r, _ in runs)
+        ours = statistics.median(p[kind]["ms"] for _, p in runs)
+        figures[kind] = {
+            "product_ms": ours,
+            "relay_ms": bare,
+            "ratio": round(ours / bare, 2) if bare else None,
+            "product_all_ms": [p[kind]["ms"] for _, p in runs],
+            "relay_all_ms": [r[kind]["ms"] for r, _ in runs],
+            "ok": [p[kind]["ok"] for _, p in runs],
+        }
+    emit(bench="turn_cpu", turns=TURNS, at_once=AT_ONCE, chunks=CHUNKS, **figures)
+
+
+if __name__ == "__main__":
+    main()
