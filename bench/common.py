@@ -43,6 +43,20 @@ def setup_django(database_url: str | None = None, **env) -> Path:
     return workdir
 
 
+def harness_ready() -> bool:
+    """Django set up as the end-to-end harness (tests/e2e/harness) needs it in this process;
+    False when PostgreSQL does not answer (the caller then reports the bench skipped)."""
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
+    os.environ.setdefault("SECRET_KEY", "bench")
+    import django
+
+    django.setup()
+    from tests.e2e.harness.launch import postgres_answers
+
+    return postgres_answers()
+
+
 @contextmanager
 def postgres_database():
     """A new PostgreSQL database for one benchmark, dropped afterwards: yields its URL."""

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import ROOT, emit, server_process
+from bench.common import emit, harness_ready, server_process
 
 STREAMS = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 STREAM_SECONDS = 3.0
@@ -67,21 +67,14 @@ def p95(values):
 
 
 def main():
-    sys.path.insert(0, str(ROOT))
-    import os
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
-    os.environ.setdefault("SECRET_KEY", "bench")
-    import django
+    ready = harness_ready()
     import requests
 
-    django.setup()
-
     from chatusage.views import HEALTH_APPLICATION_NAME
-    from tests.e2e.harness.launch import fake_model_env, gunicorn_app, postgres_answers
+    from tests.e2e.harness.launch import fake_model_env, gunicorn_app
     from tests.e2e.harness.servers import CaptureSink
 
-    if not postgres_answers():
+    if not ready:
         emit(bench="streams", skipped="PostgreSQL is not answering")
         return
     sink = CaptureSink()

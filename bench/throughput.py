@@ -9,7 +9,6 @@ pages between the processes that map them; USS is what a worker alone holds). Th
 production config preloads the app in the master; `no-preload` measures without.
 """
 
-import os
 import sys
 import tempfile
 import threading
@@ -17,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.common import ROOT, emit, server_process, spread_ms
+from bench.common import emit, harness_ready, server_process, spread_ms
 
 CLIENTS = 16
 SECONDS = 15
@@ -41,12 +40,10 @@ def workers(master: int) -> list[int]:
 
 
 def main(mode="default"):
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
-    os.environ.setdefault("SECRET_KEY", "bench")
-    from tests.e2e.harness.launch import gunicorn_app, postgres_answers
+    ready = harness_ready()
+    from tests.e2e.harness.launch import gunicorn_app
 
-    if not postgres_answers():
+    if not ready:
         emit(bench="throughput", skipped="PostgreSQL is not answering")
         return
     users = [(f"load{i}", None) for i in range(CLIENTS)]

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, emit, server_process
+from bench.common import ROOT, emit, harness_ready, server_process
 
 TURNS = int(os.environ.get("BENCH_TURNS", "400"))
 AT_ONCE = 8
@@ -134,15 +134,7 @@ def product(model_url) -> dict:
 
 
 def main():
-    sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
-    os.environ.setdefault("SECRET_KEY", "bench")
-    import django
-
-    django.setup()
-    from tests.e2e.harness.launch import postgres_answers
-
-    if not postgres_answers():
+    if not harness_ready():
         emit(bench="turn_cpu", skipped="PostgreSQL is not answering")
         return
     with server_process("model", str(ANSWER_SECONDS), str(CHUNKS)) as model_url:

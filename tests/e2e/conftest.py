@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
-from tests.e2e.harness.launch import fake_model_env, gunicorn_app, postgres_answers
-from tests.e2e.harness.servers import CaptureSink, FakeModel
+from tests.e2e.harness.launch import app_with_fakes, postgres_answers
 
 
 @pytest.fixture(scope="module")
@@ -15,18 +14,9 @@ def app(tmp_path_factory):
     """gunicorn (2 workers, 8 threads) on PostgreSQL, a fake model and a capture sink."""
     if not postgres_answers():
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
-    model, sink = FakeModel(), CaptureSink()
-    env = fake_model_env(
-        model.url, OPENAI_TIMEOUT="2", POSTHOG_API_KEY="phc_e2e", POSTHOG_HOST=sink.url
-    )
     users = [(f"load{i}", None) for i in range(20)] + [("budget", "3.00")]
-    try:
-        with gunicorn_app(tmp_path_factory.mktemp("gunicorn"), env, users) as app:
-            app.model, app.sink = model, sink
-            yield app
-    finally:
-        model.stop()
-        sink.stop()
+    with app_with_fakes(tmp_path_factory.mktemp("gunicorn"), users, OPENAI_TIMEOUT="2") as app:
+        yield app
 
 
 @pytest.fixture(autouse=True)

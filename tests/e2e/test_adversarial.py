@@ -12,37 +12,31 @@ import pytest
 import requests
 
 from tests.e2e.harness.client import chat, clone, wait_for
-from tests.e2e.harness.launch import fake_model_env, gunicorn_app, postgres_answers
-from tests.e2e.harness.servers import CaptureSink, FakeModel
+from tests.e2e.harness.launch import app_with_fakes, postgres_answers
+from tests.e2e.harness.servers import FakeModel
 
 pytestmark = pytest.mark.e2e
 
 DEADLINE = 3  # seconds, OPENAI_DEADLINE
 LEASE = 2  # seconds, RESERVATION_LEASE_SECONDS: a hold renewed by nobody lapses this soon
 HEADER_TIMEOUT = 1  # seconds, SERVER_HEADER_TIMEOUT
+STREAM_SECONDS = 12.0  # long_app's answers: longer than its worker timeout (8 s)
+OUTAGE_AFTER_ANSWERS = 4.0  # seconds
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     if not postgres_answers():
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
-    model, sink = FakeModel(), CaptureSink()
-    env = fake_model_env(
-        model.url,
-        POSTHOG_API_KEY="phc_e2e",
-        POSTHOG_HOST=sink.url,
+    users = [("slowreader", "1.00")]  # one worst case ($1.00) and not a cent more
+    with app_with_fakes(
+        tmp_path_factory.mktemp("adversarial"),
+        users,
         OPENAI_DEADLINE=str(DEADLINE),
         RESERVATION_LEASE_SECONDS=str(LEASE),
         SERVER_HEADER_TIMEOUT=str(HEADER_TIMEOUT),
-    )
-    users = [("slowreader", "1.00")]  # one worst case ($1.00) and not a cent more
-    try:
-        with gunicorn_app(tmp_path_factory.mktemp("adversarial"), env, users) as app:
-            app.model, app.sink = model, sink
-            yield app
-    finally:
-        model.stop()
-        sink.stop()
+    ) as app:
+        yield app
 
 
 def open_stream_and_stop_reading(app, session: requests.Session, prompt: str) -> socket.socket:
@@ -173,28 +167,20 @@ def long_app(tmp_path_factory):
     timeout an operator set."""
     if not postgres_answers():
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
-    model = FakeModel(stream_seconds=STREAM_SECONDS, pieces=20)
-    env = fake_model_env(
-        model.url,
+    with app_with_fakes(
+        tmp_path_factory.mktemp("reload"),
+        [("deploy", None)],
+        model=FakeModel(stream_seconds=STREAM_SECONDS, pieces=20),
         OPENAI_DEADLINE="30",
         GUNICORN_TIMEOUT="8",
         GUNICORN_GRACEFUL_TIMEOUT="2",
         DB_POOL_TIMEOUT="1",
-    )
-    try:
-        with gunicorn_app(tmp_path_factory.mktemp("reload"), env, [("deploy", None)]) as app:
-            app.model = model
-            yield app
-    finally:
-        model.stop()
+    ) as app:
+        yield app
 
 
-STREAM_SECONDS = 12.0
-OUTAGE_AFTER_ANSWERS = 4.0  # seconds
-
-
-def streams_across(app, signum, prefix: str) -> list:
-    """Ten streams, `signum` sent to gunicorn's master while all are under way: their ends."""
+def ten_streams(app, prefix: str, meanwhile) -> list:
+    """Ten streams; `meanwhile()` runs once all ten are under way: their ends."""
     session = app.login("deploy")
     results: list = []
 
@@ -205,10 +191,15 @@ def streams_across(app, signum, prefix: str) -> list:
     for thread in threads:
         thread.start()
     assert wait_for(lambda: app.model.streaming == 10, 60), app.model.streaming
-    os.kill(app.process.pid, signum)
+    meanwhile()
     for thread in threads:
         thread.join(timeout=120)
     return results
+
+
+def streams_across(app, signum, prefix: str) -> list:
+    """Ten streams, `signum` sent to gunicorn's master while all are under way."""
+    return ten_streams(app, prefix, lambda: os.kill(app.process.pid, signum))
 
 
 def assert_all_answered_and_billed(app, results, prefix):
@@ -228,26 +219,18 @@ def test_a_database_outage_while_streams_settle_loses_and_double_bills_nothing(l
     prompts stayed "failed" (Retry bills again). Here the database is cut while ten
     streams run and comes back once the model has sent every answer."""
     app = long_app
-    session = app.login("deploy")
-    results: list = []
 
-    def one(n):
-        results.append(chat(clone(session), app.url, f"outage {n}", stream=True))
+    def outage():
+        app.proxy.cut()
+        try:
+            assert wait_for(lambda: app.model.streaming == 0, 60)  # every answer delivered
+            # The fault itself: the database stays away this long after the answers ended,
+            # past the pool's own wait for a connection (DB_POOL_TIMEOUT, 1 s here).
+            threading.Event().wait(OUTAGE_AFTER_ANSWERS)
+        finally:
+            app.proxy.resume()
 
-    threads = [threading.Thread(target=one, args=(n,)) for n in range(10)]
-    for thread in threads:
-        thread.start()
-    assert wait_for(lambda: app.model.streaming == 10, 60), app.model.streaming
-    app.proxy.cut()
-    try:
-        assert wait_for(lambda: app.model.streaming == 0, 60)  # every answer delivered
-        # The fault itself: the database stays away this long after the answers ended,
-        # past the pool's own wait for a connection (DB_POOL_TIMEOUT, 1 s here).
-        threading.Event().wait(OUTAGE_AFTER_ANSWERS)
-    finally:
-        app.proxy.resume()
-    for thread in threads:
-        thread.join(timeout=120)
+    results = ten_streams(app, "outage", outage)
     assert Counter(status for status, _ in results) == {200: 10}, results
     rows = app.sql(
         "SELECT g.status, g.cost, p.failed, a.content FROM chat_message p "

@@ -217,3 +217,20 @@ def gunicorn_app(
             log.close()
             if proxy:
                 proxy.cut()
+
+
+@contextmanager
+def app_with_fakes(workdir: Path, users: list[tuple[str, str | None]], model=None, **env: str):
+    """gunicorn_app() talking to a fake model (`model`, or a new instant one) and a PostHog
+    capture sink, both attached to the app (app.model, app.sink) and stopped afterwards."""
+    from tests.e2e.harness.servers import CaptureSink, FakeModel
+
+    model, sink = model or FakeModel(), CaptureSink()
+    settings = fake_model_env(model.url, POSTHOG_API_KEY="phc_e2e", POSTHOG_HOST=sink.url, **env)
+    try:
+        with gunicorn_app(workdir, settings, users) as app:
+            app.model, app.sink = model, sink
+            yield app
+    finally:
+        model.stop()
+        sink.stop()

@@ -60,6 +60,16 @@ class _Quiet(BaseHTTPRequestHandler):
     def _body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+    def _answer(self, payload: bytes, status: int = 200, **headers: str) -> None:
+        """A whole answer with its length: JSON unless said otherwise."""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        self.wfile.write(payload)
+
 
 def endless_frames(word: str = "more "):
     """A provider that never stops: chunks of `word` for ever, past any max_tokens."""
@@ -82,11 +92,7 @@ class _ModelHandler(_Quiet):
             payload = json.dumps(
                 {"requests": owner.requests, "most_at_once": owner.most_at_once}
             ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self._answer(payload)
 
     def do_POST(self):
         owner: FakeModel = self.owner
@@ -97,12 +103,7 @@ class _ModelHandler(_Quiet):
             time.sleep(owner.slow_seconds)
         if mode in ("429", "500"):
             payload = json.dumps({"error": {"message": f"fake {mode}", "type": "fake"}}).encode()
-            self.send_response(int(mode))
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("retry-after-ms", "10")
-            self.end_headers()
-            self.wfile.write(payload)
+            self._answer(payload, int(mode), retry_after_ms="10")
             return
         if mode == "endless":
             self.send_response(200)
@@ -110,12 +111,7 @@ class _ModelHandler(_Quiet):
                 self._stream(endless_frames(), owner.endless_delay)
             return
         if mode == "garbage":
-            payload = b"<html>this is not an OpenAI answer"
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            self._answer(b"<html>this is not an OpenAI answer")
             return
         # The offline demo model speaks the wire format, streamed or not.
         reply = demo.reply(body, self.path, owner.pieces)
@@ -173,12 +169,7 @@ class FakeModel(_Server):
 class _SinkHandler(_Quiet):
     def do_GET(self):  # GET /stats: what it has received
         owner: CaptureSink = self.owner
-        payload = json.dumps({"generations": len(owner.generations())}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self._answer(json.dumps({"generations": len(owner.generations())}).encode())
 
     def do_POST(self):
         owner: CaptureSink = self.owner
@@ -193,12 +184,7 @@ class _SinkHandler(_Quiet):
             batch = []
         with owner.lock:
             owner.events.extend(batch)
-        payload = b'{"status": 1}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self._answer(b'{"status": 1}')
 
 
 class CaptureSink(_Server):
