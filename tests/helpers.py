@@ -238,6 +238,16 @@ async def stream_directly(user, prompt):
     return await views.api_chat(request)
 
 
+def close_response(response) -> None:
+    """The server closing a response it sent, with request_finished held back as Django's
+    test client does, so it does not close the test's database connection."""
+    request_finished.disconnect(close_old_connections)
+    try:
+        response.close()
+    finally:
+        request_finished.connect(close_old_connections)
+
+
 async def client_goes_away(response, parts=None):
     """What the ASGI handler does when the browser disconnects: close the body iterator it was
     reading, then the response.
@@ -247,11 +257,7 @@ async def client_goes_away(response, parts=None):
     """
     if parts is not None:
         await parts.aclose()
-    request_finished.disconnect(close_old_connections)
-    try:
-        await sync_to_async(response.close)()
-    finally:
-        request_finished.connect(close_old_connections)
+    await sync_to_async(close_response)(response)
 
 
 ROOT = Path(__file__).resolve().parent.parent

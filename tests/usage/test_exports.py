@@ -8,7 +8,7 @@ from datetime import timedelta
 from asgiref.sync import async_to_sync
 from django.utils import timezone
 
-from tests.helpers import streamed
+from tests.helpers import close_response, streamed
 from usage import exports
 from usage.models import Generation
 
@@ -44,7 +44,7 @@ def test_an_export_streams_page_by_page_with_every_generation_once(alice_client,
 
     first = async_to_sync(first_chunk)().decode()
     assert first.count("\n") == exports.PAGE_SIZE + 1  # the header and one page
-    response.close()
+    close_response(response)
     rows = list(
         csv.DictReader(io.StringIO(streamed(alice_client.get("/usage/export.csv")).decode()))
     )
@@ -58,8 +58,8 @@ def test_a_user_runs_two_exports_at_once_and_a_third_waits(alice_client, alice):
     third = alice_client.get("/usage/export.csv")
     assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
     assert third["Retry-After"]
-    first.close()  # done (or the download was cancelled): its slot is free again
+    close_response(first)  # done (or the download was cancelled): its slot is free again
     fourth = alice_client.get("/usage/export.csv")
     assert fourth.status_code == 200
-    second.close()
-    fourth.close()
+    close_response(second)
+    close_response(fourth)
