@@ -33,9 +33,9 @@ MODELS = [
 FILL_SQL = """
 INSERT INTO usage_generation (
     id, user_id, conversation_id, model, provider, status, reserved_cost, input_tokens,
-    cached_input_tokens, output_tokens, cost, cost_estimated, exceeded_reservation, latency_ms,
-    http_status, error, price_input_per_1m, price_cached_input_per_1m, price_output_per_1m,
-    created_at, settled_at)
+    cached_input_tokens, output_tokens, cost, charge, cost_estimated, exceeded_reservation,
+    latency_ms, http_status, error, price_input_per_1m, price_cached_input_per_1m,
+    price_output_per_1m, created_at, settled_at)
 SELECT gen_random_uuid(),
        CASE WHEN n %% 10 = 0 THEN %(heavy)s ELSE %(first)s + (n %% %(others)s) END,
        NULL,
@@ -43,6 +43,7 @@ SELECT gen_random_uuid(),
        'openai',
        CASE WHEN n %% 97 = 0 THEN 'error' ELSE 'ok' END,
        0.005, 1000 + n %% 500, (n %% 3) * 100, 200 + n %% 300,
+       CASE WHEN n %% 97 = 0 THEN 0 ELSE 0.0003 + (n %% 7) * 0.0001 END,
        CASE WHEN n %% 97 = 0 THEN 0 ELSE 0.0003 + (n %% 7) * 0.0001 END,
        false, false, 800, 200, '', 0.15, 0.075, 0.6,
        t - interval '2 seconds', t
@@ -54,10 +55,10 @@ FROM generate_series(%(start)s::bigint, %(stop)s - 1) AS n,
 # What settle() would have added up, per (user, day, model).
 ROLLUP_SQL = """
 INSERT INTO usage_dailyusage (user_id, day, model, generations, errors, input_tokens,
-                              cached_input_tokens, output_tokens, cost)
+                              cached_input_tokens, output_tokens, cost, charge)
 SELECT user_id, (settled_at AT TIME ZONE 'UTC')::date, model,
        count(*) FILTER (WHERE status = 'ok'), count(*) FILTER (WHERE status = 'error'),
-       sum(input_tokens), sum(cached_input_tokens), sum(output_tokens), sum(cost)
+       sum(input_tokens), sum(cached_input_tokens), sum(output_tokens), sum(cost), sum(charge)
 FROM usage_generation GROUP BY 1, 2, 3
 """
 

@@ -65,6 +65,7 @@ def untracked():
             reservation.model,
             "ok",
             Decimal(0),
+            Decimal(0),
             usage.input_tokens,
             usage.cached_input_tokens,
             usage.output_tokens,
@@ -144,6 +145,7 @@ def calls(user):
                 conversation_id=reservation.generation_id,
                 price=price,
                 reserved_at=reservation.reserved_at,
+                markup_percent=reservation.markup_percent,
             )
             await step(
                 limits.settle, reservation, completion.usage, latency_ms=completion.latency_ms

@@ -17,6 +17,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -150,6 +151,7 @@ def _call_options(
     conversation_id: UUID,
     price: Price,
     reserved_at: datetime,
+    markup_percent: Decimal,
 ) -> dict:
     options = {
         "model": provider.model,
@@ -163,6 +165,8 @@ def _call_options(
             # The event is dated when the call was reserved (chatusage.analytics): PostHog's
             # report then puts it in the same cycle and day as the ledger does.
             analytics.RESERVED_AT: reserved_at.isoformat(),
+            # The user's charge is cost x (1 + this / 100): PostHog's report computes it.
+            analytics.MARKUP_PERCENT: float(markup_percent),
             **price.posthog_properties(),
         },
     }

@@ -33,7 +33,7 @@ from chatusage.errors import ApiError
 from usage import limits
 from usage.cycles import cycle_for
 from usage.models import Generation, UsageAccount
-from usage.pricing import UnknownModelError, price_for
+from usage.pricing import CHARGE_QUANTUM, UnknownModelError, price_for
 
 
 class ChatError(ApiError):
@@ -197,6 +197,7 @@ def _call_context(turn: Turn) -> dict:
         "conversation_id": turn.conversation.pk,
         "price": turn.reservation.price,
         "reserved_at": turn.reservation.reserved_at,
+        "markup_percent": turn.reservation.markup_percent,
     }
 
 
@@ -305,7 +306,8 @@ def _finish(
             "cached_input_tokens": generation.cached_input_tokens,
             "output_tokens": generation.output_tokens,
             "total_tokens": generation.total_tokens,
-            "cost_usd": str(generation.cost),
+            # What the user is charged, to its 6 places.
+            "cost_usd": str(generation.charge.quantize(CHARGE_QUANTUM)),
             "estimated": generation.cost_estimated,
             "truncated": answer.finish_reason == "length",
             "latency_ms": generation.latency_ms,
@@ -598,7 +600,8 @@ def budget_view(user, account: UsageAccount | None = None) -> BudgetView:
 
 def estimate_basis(conversation: Conversation | None) -> dict | None:
     """What the page needs to show a message's worst case while it is typed, computed as
-    reserve() computes it: input bound = history bound + the prompt's UTF-8 bytes."""
+    reserve() computes it: input bound = history bound + the prompt's UTF-8 bytes, priced,
+    times (1 + markup / 100), rounded half-up to 6 places."""
     model = llm.current_provider().model
     try:
         price = price_for(model)
@@ -609,4 +612,5 @@ def estimate_basis(conversation: Conversation | None) -> dict | None:
         "base_tokens": base,
         "input_price": str(price.input_per_1m / 1_000_000),
         "output_cost": str(price.cost(0, 0, settings.OPENAI_MAX_TOKENS)),
+        "markup_percent": str(settings.BILLING_MARKUP_PERCENT),
     }

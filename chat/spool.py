@@ -74,6 +74,7 @@ def load(path: Path):
             "generation_id": UUID(held["generation_id"]),
             "reserved_cost": Decimal(held["reserved_cost"]),
             "reserved_at": datetime.fromisoformat(held["reserved_at"]),
+            "markup_percent": Decimal(held["markup_percent"]),
             "price": Price(
                 price["model"],
                 Decimal(price["input_per_1m"]),

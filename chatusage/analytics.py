@@ -28,6 +28,8 @@ def _on_capture_error(error: Exception, batch) -> None:
 
 # The property that carries when a generation's call was reserved (ISO 8601, UTC).
 RESERVED_AT = "chatusage_reserved_at"
+# The markup (percent) snapshotted on the generation: its charge = cost x (1 + this / 100).
+MARKUP_PERCENT = "chatusage_markup_percent"
 
 
 def _dated_at_reservation(event: dict) -> dict:

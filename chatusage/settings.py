@@ -340,11 +340,21 @@ try:
 except InvalidOperation as exc:
     raise ImproperlyConfigured("USAGE_DEFAULT_BUDGET_USD must be an amount such as 5.00.") from exc
 USAGE_DEFAULT_MESSAGE_LIMIT = env.int("USAGE_DEFAULT_MESSAGE_LIMIT", default=0)
+# --- Billing ------------------------------------------------------------------
+# The user's charge = provider cost x (1 + markup / 100), snapshotted on each generation
+# when it is reserved: changing it never changes a recorded generation.
+try:
+    BILLING_MARKUP_PERCENT = env.get_value(
+        "BILLING_MARKUP_PERCENT", cast=Decimal, default=Decimal("0")
+    )
+except InvalidOperation as exc:
+    raise ImproperlyConfigured("BILLING_MARKUP_PERCENT must be a number such as 20.") from exc
 # How long a PostHog report is cached per (user, cycle), and the refresh throttle.
 USAGE_CACHE_SECONDS = env.int("USAGE_CACHE_SECONDS", default=300)
 USAGE_REFRESH_SECONDS = env.int("USAGE_REFRESH_SECONDS", default=60)
 for _name in (
     "USAGE_DEFAULT_BUDGET_USD",
+    "BILLING_MARKUP_PERCENT",
     "USAGE_DEFAULT_MESSAGE_LIMIT",
     "USAGE_CACHE_SECONDS",
     "USAGE_REFRESH_SECONDS",

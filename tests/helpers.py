@@ -55,14 +55,19 @@ def set_budget(user, budget, message_limit=None):
 
 
 def settled_today(user, amount, model="gpt-4o-mini"):
-    """Settled spend today, as the daily rollups record it."""
+    """Settled spend today (what the user was charged; no markup), as the rollups record it."""
     from django.utils import timezone
 
     from usage.cycles import local_day
     from usage.models import DailyUsage
 
     DailyUsage.objects.create(
-        user=user, day=local_day(timezone.now()), model=model, generations=1, cost=Decimal(amount)
+        user=user,
+        day=local_day(timezone.now()),
+        model=model,
+        generations=1,
+        cost=Decimal(amount),
+        charge=Decimal(amount),
     )
 
 

@@ -104,7 +104,9 @@ class UserAdmin(DjangoUserAdmin):
         "email",
         "joined",
         "messages_this_cycle",
+        "charged_this_cycle",
         "cost_this_cycle",
+        "margin_this_cycle",
         "budget_display",
         "budget_used",
     ]
@@ -200,9 +202,17 @@ class UserAdmin(DjangoUserAdmin):
     def messages_this_cycle(self, obj):
         return obj.cycle_messages
 
-    @admin.display(description="Cost this cycle", ordering="cycle_cost")
+    @admin.display(description="Charged this cycle", ordering="cycle_charge")
+    def charged_this_cycle(self, obj):
+        return usd(obj.cycle_charge)
+
+    @admin.display(description="Provider cost", ordering="cycle_cost")
     def cost_this_cycle(self, obj):
         return usd(obj.cycle_cost)
+
+    @admin.display(description="Margin")
+    def margin_this_cycle(self, obj):
+        return usd(obj.cycle_charge - obj.cycle_cost)
 
     @admin.display(description="Budget", ordering="budget")
     def budget_display(self, obj):
@@ -223,8 +233,8 @@ class UserAdmin(DjangoUserAdmin):
         report = reports.report_for(obj)
         t = report.totals
         return format_html(
-            "{} – {} ({}): {} messages, {} failed, {} tokens ({} cached), {}; budget {} "
-            "({} held for calls in flight)",
+            "{} – {} ({}): {} messages, {} failed, {} tokens ({} cached), {} charged; budget "
+            "{} ({} held for calls in flight)",
             report.cycle.start_date,
             report.cycle.end_date,
             report.source,
@@ -293,6 +303,7 @@ class GenerationAdmin(ReadOnlyAdmin):
         "status",
         "tokens",
         "cost_display",
+        "charge_display",
         "cost_estimated",
         "latency",
     ]
@@ -317,6 +328,12 @@ class GenerationAdmin(ReadOnlyAdmin):
     @admin.display(description="Cost", ordering="cost")
     def cost_display(self, obj):
         return usd(obj.cost)
+
+    @admin.display(description="Charge", ordering="charge")
+    def charge_display(self, obj):
+        if obj.markup_percent:
+            return f"{usd(obj.charge)} (+{obj.markup_percent.normalize():f}%)"
+        return usd(obj.charge)
 
     @admin.display(description="Latency", ordering="latency_ms")
     def latency(self, obj):

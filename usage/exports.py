@@ -25,11 +25,11 @@ COLUMNS = [
     "input_tokens",
     "cached_input_tokens",
     "output_tokens",
-    "cost_usd",
+    "charge_usd",  # what the user is charged
     "cost_estimated",
     "latency_ms",
 ]
-STAFF_COLUMNS = [*COLUMNS, "user", "error"]
+STAFF_COLUMNS = [*COLUMNS, "cost_usd", "markup_percent", "user", "error"]
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -69,12 +69,12 @@ def csv_lines(
             g.input_tokens,
             g.cached_input_tokens,
             g.output_tokens,
-            g.cost,
+            g.charge,
             g.cost_estimated,
             "" if g.latency_ms is None else g.latency_ms,
         ]
         if staff:
-            row += [g.user.get_username(), g.error]
+            row += [g.cost, g.markup_percent, g.user.get_username(), g.error]
         yield writer.writerow([safe_cell(value) for value in row])
 
 

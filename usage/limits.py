@@ -27,7 +27,7 @@ from django.utils import timezone
 from usage import alerts, budget, sql
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.models import Generation, UsageAccount
-from usage.pricing import COST_QUANTUM, Price, TokenUsage, price_for
+from usage.pricing import COST_QUANTUM, Price, TokenUsage, charge_for, price_for
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,13 @@ class Reservation:
     model: str
     provider: str
     price: Price
-    reserved_cost: Decimal
+    reserved_cost: Decimal  # the worst case, as the user's charge
     input_token_bound: int
     max_tokens: int
     # The call belongs to the cycle (and local day) it was reserved in, whenever it settles:
     # a call in flight across midnight or a cycle's end is charged where it began.
     reserved_at: datetime
+    markup_percent: Decimal = Decimal(0)  # BILLING_MARKUP_PERCENT when reserved
     alerting: bool = False  # settling may cross an alert threshold (usage/alerts.py)
 
 
@@ -65,7 +66,8 @@ class Settlement:
     user_id: int
     model: str
     status: str
-    cost: Decimal
+    cost: Decimal  # what the provider charges
+    charge: Decimal  # what the user is charged
     input_tokens: int
     cached_input_tokens: int
     output_tokens: int
@@ -211,8 +213,9 @@ def estimate_usage(reservation: Reservation, output_text: str) -> TokenUsage:
 
 
 def worst_case(model: str, messages: list[dict], max_tokens: int) -> Decimal:
-    """What reserve() would hold for this call: the most it can cost."""
-    return price_for(model).cost(worst_case_input_tokens(messages), 0, max_tokens)
+    """What reserve() would hold for this call: the most it can be charged."""
+    cost = price_for(model).cost(worst_case_input_tokens(messages), 0, max_tokens)
+    return charge_for(cost, settings.BILLING_MARKUP_PERCENT)
 
 
 def lease_end(now: datetime) -> datetime:
@@ -343,6 +346,7 @@ def reserve(
     """
     price = price_for(model)
     input_bound = worst_case_input_tokens(messages)
+    markup = settings.BILLING_MARKUP_PERCENT
     now = timezone.now()
     reservation = Reservation(
         generation_id=uuid4(),
@@ -350,10 +354,11 @@ def reserve(
         model=model,
         provider=provider,
         price=price,
-        reserved_cost=price.cost(input_bound, 0, max_tokens),
+        reserved_cost=charge_for(price.cost(input_bound, 0, max_tokens), markup),
         input_token_bound=input_bound,
         max_tokens=max_tokens,
         reserved_at=now,
+        markup_percent=markup,
     )
     hold = sql.insert_reservation(reservation, conversation_id, lease_end(now))
     # savepoint=False: inside the caller's transaction (the chat turn's) this adds no
@@ -363,7 +368,9 @@ def reserve(
         new_chat = (
             None
             if new_chat_messages is None
-            else price.cost(worst_case_input_tokens(new_chat_messages), 0, max_tokens)
+            else charge_for(
+                price.cost(worst_case_input_tokens(new_chat_messages), 0, max_tokens), markup
+            )
         )
         refused = refusal(account, spend, reservation.reserved_cost, new_chat)
         if refused is None and not held:
@@ -439,23 +446,25 @@ def settle(
             "status": Generation.Status.ERROR,
             "error": (error or "No usage reported.")[:ERROR_TEXT_LIMIT],
             "cost": Decimal(0),
+            "charge": Decimal(0),
         }
     else:
         # The reservation carries the prices snapshotted on its row.
         cost = reservation.price.cost(
             usage.input_tokens, usage.cached_input_tokens, usage.output_tokens
         )
-        exceeded = cost > reservation.reserved_cost
+        charge = charge_for(cost, reservation.markup_percent)
+        exceeded = charge > reservation.reserved_cost
         if exceeded:
             # The provider's own figures are what it bills: record them as reported, flag
             # the row and tell operators, since the worst-case bound was wrong.
             log.warning(
                 "Reservation bound violated for generation %s: reported %s in / %s out "
-                "tokens cost %s, %s was reserved (bound %s in / %s out).",
+                "tokens charge %s, %s was reserved (bound %s in / %s out).",
                 reservation.generation_id,
                 usage.input_tokens,
                 usage.output_tokens,
-                cost,
+                charge,
                 reservation.reserved_cost,
                 reservation.input_token_bound,
                 reservation.max_tokens,
@@ -469,8 +478,9 @@ def settle(
             "cost_estimated": usage.estimated,
             "exceeded_reservation": exceeded,
             "cost": cost,
+            "charge": charge,
         }
-    watch = reservation.alerting and fields["cost"] > 0
+    watch = reservation.alerting and fields["charge"] > 0
     user_id = reservation.user_id
     statements = sql.settle(
         reservation.generation_id,
@@ -492,7 +502,7 @@ def settle(
             won = bool(settled[-1])
             if won and account_rows:
                 account, spend, _ = _standing(user_id, now, account_rows[0], spend_rows)
-                alerts.after_settle(account, spend.cycle, spend.settled_cost, fields["cost"])
+                alerts.after_settle(account, spend.cycle, spend.settled_cost, fields["charge"])
     else:
         # PostgreSQL settles in one statement; SQLite's two need a transaction.
         with nullcontext() if sql.postgres() else transaction.atomic(savepoint=False):

@@ -152,11 +152,18 @@ class Generation(models.Model):
     model = models.CharField(max_length=100)
     provider = models.CharField(max_length=100)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    # The worst case held against the user's budget while the call runs: their charge.
     reserved_cost = models.DecimalField(**MONEY, default=Decimal(0))
+    # BILLING_MARKUP_PERCENT when the call was reserved: its charge is cost x (1 + this/100).
+    markup_percent = models.DecimalField(
+        max_digits=9, decimal_places=4, default=Decimal(0), db_default=Decimal(0)
+    )
     input_tokens = models.PositiveIntegerField(default=0)
     cached_input_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
-    cost = models.DecimalField(**MONEY, default=Decimal(0))
+    cost = models.DecimalField(**MONEY, default=Decimal(0))  # what the provider charges
+    # What the user is charged: cost with the markup, rounded half-up to 6 decimals.
+    charge = models.DecimalField(**MONEY, default=Decimal(0), db_default=Decimal(0))
     cost_estimated = models.BooleanField(
         default=False, help_text="The provider reported no usage; tokens were estimated."
     )
@@ -224,6 +231,7 @@ class DailyUsage(models.Model):
     cached_input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
     cost = models.DecimalField(**MONEY, default=Decimal(0))
+    charge = models.DecimalField(**MONEY, default=Decimal(0), db_default=Decimal(0))
 
     class Meta:
         ordering = ["day", "model"]

@@ -8,7 +8,7 @@ we send with every event, which is what keeps its cost equal to the ledger's.
 
 import time
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
@@ -17,6 +17,12 @@ from usage.models import ModelPrice
 
 MILLION = Decimal(1_000_000)
 COST_QUANTUM = Decimal("0.0000000001")  # the ledger's 10 decimal places
+CHARGE_QUANTUM = Decimal("0.000001")  # a charge is rounded half-up to 6 decimal places
+
+
+def charge_for(cost: Decimal, markup_percent: Decimal) -> Decimal:
+    """What the user is charged for `cost`: with the markup, rounded half-up to 6 places."""
+    return (cost * (1 + markup_percent / 100)).quantize(CHARGE_QUANTUM, ROUND_HALF_UP)
 
 
 class UnknownModelError(Exception):

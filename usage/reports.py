@@ -59,7 +59,9 @@ SELECT
     coalesce(sum(toInt(properties.$ai_input_tokens)), 0) AS input_tokens,
     coalesce(sum(toInt(properties.$ai_cache_read_input_tokens)), 0) AS cached_input_tokens,
     coalesce(sum(toInt(properties.$ai_output_tokens)), 0) AS output_tokens,
-    coalesce(sum(toFloat(properties.$ai_total_cost_usd)), 0) AS cost_usd
+    coalesce(sum(round(toFloat(properties.$ai_total_cost_usd)
+        * (1 + coalesce(toFloat(properties.chatusage_markup_percent), 0) / 100), 6)), 0)
+        AS cost_usd
 {GENERATIONS_IN_CYCLE}
 GROUP BY day, model, is_error
 ORDER BY day, model, is_error
@@ -197,7 +199,7 @@ def ledger_rows(user_id: int, cycle: Cycle) -> list[Row]:
             input_tokens=r.input_tokens,
             cached_input_tokens=r.cached_input_tokens,
             output_tokens=r.output_tokens,
-            cost=r.cost,
+            cost=r.charge,  # the user's figures are what they are charged
         )
         for r in DailyUsage.objects.filter(
             user_id=user_id, day__gte=cycle.start_date, day__lt=cycle.end_date
@@ -405,7 +407,8 @@ def _cycle_sum(field: str, output_field):
 
 
 def with_cycle_usage(queryset):
-    """Annotate cycle_messages, cycle_cost, budget and budget_pct in one query, any user count."""
+    """Annotate cycle_messages, cycle_charge (what the user is charged), cycle_cost (what the
+    provider charges), budget and budget_pct (of the charge) in one query, any user count."""
     default_budget = settings.USAGE_DEFAULT_BUDGET_USD
     return (
         queryset.annotate(
@@ -414,6 +417,7 @@ def with_cycle_usage(queryset):
         )
         .annotate(
             cycle_messages=_cycle_sum("generations", IntegerField()),
+            cycle_charge=_cycle_sum("charge", MONEY_FIELD),
             cycle_cost=_cycle_sum("cost", MONEY_FIELD),
             budget=Coalesce(
                 F("usage_account__budget_usd"), Value(default_budget), output_field=MONEY_FIELD
@@ -424,7 +428,7 @@ def with_cycle_usage(queryset):
                 When(
                     budget__gt=0,
                     then=ExpressionWrapper(
-                        F("cycle_cost") * 100 / F("budget"), output_field=MONEY_FIELD
+                        F("cycle_charge") * 100 / F("budget"), output_field=MONEY_FIELD
                     ),
                 ),
                 default=None,

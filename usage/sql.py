@@ -129,7 +129,7 @@ def account_from(user_id: int, row: tuple) -> UsageAccount:
 # sums the days of the cycle. Settled and pending come from one statement, one snapshot:
 # two reads could see a settle commit in between and count that call twice or not at all.
 SPEND_SQL = f"""
-SELECT d.day, SUM(d.cost), SUM(d.generations), 0
+SELECT d.day, SUM(d.charge), SUM(d.generations), 0
   FROM {DAILY} d
  WHERE d.user_id = %(user)s AND d.day >= %(since)s
  GROUP BY d.day
@@ -158,6 +158,8 @@ GENERATION_FIELDS = [
     "cached_input_tokens",
     "output_tokens",
     "cost",
+    "charge",
+    "markup_percent",
     "cost_estimated",
     "exceeded_reservation",
     "error",
@@ -189,6 +191,8 @@ def insert_reservation(reservation, conversation_id, lease_until: datetime) -> t
         "cached_input_tokens": 0,
         "output_tokens": 0,
         "cost": Decimal(0),
+        "charge": Decimal(0),
+        "markup_percent": reservation.markup_percent,
         "cost_estimated": False,
         "exceeded_reservation": False,
         "error": "",
@@ -219,6 +223,7 @@ def renew_lease(generation_id: UUID, until: datetime) -> tuple[str, list]:
 SETTLED_FIELDS = [
     "status",
     "cost",
+    "charge",
     "input_tokens",
     "cached_input_tokens",
     "output_tokens",
@@ -237,9 +242,9 @@ _UPDATE = (
 # arbitrates between concurrent settles, so no lock is needed.
 _ROLLUP = f"""
 INSERT INTO {DAILY} AS d (user_id, day, model, generations, errors, input_tokens,
-                          cached_input_tokens, output_tokens, cost)
+                          cached_input_tokens, output_tokens, cost, charge)
 SELECT {{user}}, %(day)s, {{model}}, %(ok)s, %(failed)s, %(input_tokens)s,
-       %(cached_input_tokens)s, %(output_tokens)s, %(cost)s
+       %(cached_input_tokens)s, %(output_tokens)s, %(cost)s, %(charge)s
   {{source}}
 ON CONFLICT (user_id, day, model) DO UPDATE SET
     generations = d.generations + excluded.generations,
@@ -247,7 +252,8 @@ ON CONFLICT (user_id, day, model) DO UPDATE SET
     input_tokens = d.input_tokens + excluded.input_tokens,
     cached_input_tokens = d.cached_input_tokens + excluded.cached_input_tokens,
     output_tokens = d.output_tokens + excluded.output_tokens,
-    cost = d.cost + excluded.cost
+    cost = d.cost + excluded.cost,
+    charge = d.charge + excluded.charge
 RETURNING user_id
 """
 # PostgreSQL: one statement. The UPDATE decides who settles (a second settle finds the row

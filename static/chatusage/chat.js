@@ -272,8 +272,11 @@
     if (!text) { estimateLine.textContent = ""; return; }
     const bytes = new TextEncoder().encode(text).length;
     const bound = Number(estimateLine.dataset.baseTokens) + bytes;
-    const most = bound * Number(estimateLine.dataset.inputPrice) +
+    const cost = bound * Number(estimateLine.dataset.inputPrice) +
       Number(estimateLine.dataset.outputCost);
+    // The charge, as reserve() holds it: with the markup, rounded half-up to 6 places.
+    const markup = 1 + Number(estimateLine.dataset.markupPercent || 0) / 100;
+    const most = Math.round(cost * markup * 1e6) / 1e6;
     estimateLine.textContent = "about " + Math.ceil(bound / 4).toLocaleString("en-US") +
       " tokens in · at most " + money(most, 4) + " for this message";
   }

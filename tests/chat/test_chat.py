@@ -43,7 +43,7 @@ def test_a_message_is_answered_priced_and_recorded(alice_client, alice, openai_m
     )
     # (2000 - 1024) x 0.15 + 1024 x 0.075 + 9 x 0.60, per 1M tokens
     assert generation.cost == Decimal("0.0002286")
-    assert data["usage"]["cost_usd"] == "0.0002286000"
+    assert data["usage"]["cost_usd"] == "0.000229"  # the charge: the cost to 6 places
     conversation = Conversation.objects.get(pk=data["conversation_id"], user=alice)
     assert [(m.role, m.failed) for m in conversation.messages.all()] == [
         ("user", False),
@@ -533,3 +533,16 @@ def test_a_budget_used_up_is_still_called_that_in_a_conversation(alice_client, a
     refused = post(alice_client, {"prompt": "hello", "conversation_id": str(conversation.pk)})
     assert refused.json()["code"] == "usage_limit_reached"  # a new chat would not fit either
     assert Alert.objects.filter(user=alice, kind="usage.limit_reached").exists()
+
+
+def test_each_generation_tells_posthog_its_markup_and_the_user_sees_the_charge(
+    alice_client, alice, openai_mock, posthog_capture, settings
+):
+    settings.BILLING_MARKUP_PERCENT = Decimal("25")
+    openai_mock.answer(body=OPENAI_COMPLETION)
+    data = post(alice_client, {"prompt": "What is the capital of France?"}).json()
+    generation = Generation.objects.get(pk=data["generation_id"])
+    assert generation.charge == (generation.cost * Decimal("1.25")).quantize(Decimal("0.000001"))
+    assert Decimal(data["usage"]["cost_usd"]) == generation.charge
+    [event] = posthog_capture.generations()
+    assert event["properties"]["chatusage_markup_percent"] == 25.0

@@ -3,7 +3,7 @@ when it is used up, and the most the next message can cost, with or without Java
 
 import json
 import re
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
@@ -76,13 +76,16 @@ def test_the_pre_send_estimate_is_the_hold_reserve_places(alice_client, alice, s
     page = alice_client.get("/chat/").content.decode()
     line = re.search(
         r'id="estimate-line" aria-live="off" data-base-tokens="(\d+)" '
-        r'data-input-price="([\d.E-]+)" data-output-cost="([\d.E-]+)"',
+        r'data-input-price="([\d.E-]+)" data-output-cost="([\d.E-]+)" '
+        r'data-markup-percent="([\d.]+)"',
         page,
     )
     base, input_price, output_cost = int(line[1]), Decimal(line[2]), Decimal(line[3])
+    markup = Decimal(line[4])
     prompt = "What does a message cost? ünïcode"
-    # What the page's script computes for this prompt...
-    shown = (base + len(prompt.encode())) * input_price + output_cost
+    # What the page's script computes for this prompt (the charge, to 6 places)...
+    cost = (base + len(prompt.encode())) * input_price + output_cost
+    shown = (cost * (1 + markup / 100)).quantize(Decimal("0.000001"), ROUND_HALF_UP)
     # ...is what reserve() holds for it.
     from chat.services import history
 

@@ -231,7 +231,7 @@ def test_the_admin_index_sums_up_this_cycle(staff_client, alice, bob):
     spend(bob, "gpt-4o-mini", (1000, 0, 1000))  # $0.00075 …
     from usage.models import DailyUsage
 
-    DailyUsage.objects.filter(user=bob).update(cost=Decimal("0.012"))  # … made 120%
+    DailyUsage.objects.filter(user=bob).update(charge=Decimal("0.012"))  # … made 120%
     page = staff_client.get("/admin/").content.decode()
     assert 'id="cycle-summary"' in page and "Top spenders" in page
     assert "1 at or over it" in page

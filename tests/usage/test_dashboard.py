@@ -279,7 +279,7 @@ def test_the_csv_export_lists_the_cycles_generations(anchored, history):
     assert "attachment" in response["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(streamed(response).decode())))
     assert {r["generation_id"] for r in rows} == {str(g.pk) for g in history}
-    assert sum(Decimal(r["cost_usd"]) for r in rows) == sum(g.cost for g in history)
+    assert sum(Decimal(r["charge_usd"]) for r in rows) == sum(g.charge for g in history)
     assert {r["status"] for r in rows} == {"ok", "error"}
 
 

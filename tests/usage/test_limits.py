@@ -1,6 +1,6 @@
 import threading
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -29,8 +29,9 @@ def test_worst_case_input_is_bounded_by_utf8_bytes_plus_overhead():
 def test_reserve_holds_the_worst_case_and_settle_records_the_actual(alice):
     reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
     bound = limits.worst_case_input_tokens(MESSAGES)
-    expected_hold = (Decimal(bound) * Decimal("0.15") + 500 * Decimal("0.60")) / 1_000_000
-    assert reservation.reserved_cost == expected_hold.quantize(Decimal("1e-10"))
+    worst_cost = (Decimal(bound) * Decimal("0.15") + 500 * Decimal("0.60")) / 1_000_000
+    # The hold is the worst case as the user's charge: the cost to 6 places (no markup).
+    assert reservation.reserved_cost == worst_cost.quantize(Decimal("0.000001"), ROUND_HALF_UP)
     generation = Generation.objects.get(pk=reservation.generation_id)
     assert generation.status == "pending"
     assert generation.price_output_per_1m == Decimal("0.60")
@@ -38,11 +39,12 @@ def test_reserve_holds_the_worst_case_and_settle_records_the_actual(alice):
     generation = settle(reservation, TokenUsage(30, 0, 12), latency_ms=420, http_status=200)
     assert generation.status == "ok"
     assert generation.cost == Decimal("0.0000117")  # 30 x 0.15 + 12 x 0.60 per 1M
+    assert generation.charge == Decimal("0.000012")  # to 6 places, half up
     assert (generation.input_tokens, generation.output_tokens) == (30, 12)
     assert generation.latency_ms == 420
     spend = limits.spend_for(alice.usage_account, limits.cycle_for(alice.usage_account))
     assert spend.pending_cost == 0
-    assert spend.settled_cost == Decimal("0.0000117")
+    assert spend.settled_cost == Decimal("0.000012")  # budgets count what the user is charged
     day = DailyUsage.objects.get(user=alice)
     assert (day.generations, day.errors, day.input_tokens, day.output_tokens) == (1, 0, 30, 12)
 
@@ -231,7 +233,9 @@ def test_the_spend_read_covers_a_whole_31_day_cycle_and_nothing_before_it(alice)
     set_budget(alice, "10.00")
     UsageAccount.objects.filter(user=alice).update(billing_anchor=date(2025, 1, 1))
     for day, cost in [(date(2025, 12, 31), "5"), (date(2026, 1, 1), "1"), (date(2026, 1, 31), "2")]:
-        DailyUsage.objects.create(user=alice, day=day, model="m", generations=1, cost=cost)
+        DailyUsage.objects.create(
+            user=alice, day=day, model="m", generations=1, cost=cost, charge=cost
+        )
     end_of_january = datetime(2026, 1, 31, 23, 0, tzinfo=UTC)
     with transaction.atomic():
         account, spend, _ = limits._locked_spend(alice.pk, end_of_january)
@@ -294,13 +298,13 @@ def test_a_call_in_flight_at_the_end_of_a_cycle_is_charged_to_the_cycle_it_began
     turn = services._start_turn(alice, "Just before midnight")
     at(monkeypatch, datetime(2026, 4, 15, 0, 0, 10, tzinfo=zone))  # answered in the new one
     answer = async_to_sync(services.answer)(turn)
-    cost = Generation.objects.get(pk=answer.generation_id).cost
+    cost = Generation.objects.get(pk=answer.generation_id).charge
     assert cost > 0
 
     account = UsageAccount.objects.get(user=alice)
     assert limits.spend_for(account, old).settled_cost == cost  # reserve() and alerts
     assert limits.spend_for(account, new).settled_cost == 0
-    assert reports.report_for(alice, old).totals.cost == round(cost, 6)  # the usage page
+    assert reports.report_for(alice, old).totals.cost == cost  # the usage page
     assert reports.report_for(alice, new).totals.cost == 0
     client = Client()
     client.force_login(alice)
@@ -346,3 +350,36 @@ def test_the_raw_statements_name_every_column_of_their_tables():
         "dismissed_at",
     }
     assert columns(Alert) == {*sql.ALERT_FIELDS, *left_to_their_default}
+
+
+def test_a_generation_keeps_the_markup_it_was_reserved_with(alice, settings):
+    """The charge is cost x (1 + markup/100), rounded half-up to 6 places, with the markup
+    in force when the call was reserved: changing it mid-call or later changes nothing."""
+    settings.BILLING_MARKUP_PERCENT = Decimal("20")
+    reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    settings.BILLING_MARKUP_PERCENT = Decimal("50")  # changed while the call runs
+    settled = settle(reservation, TokenUsage(1000, 0, 1000))  # cost $0.00075
+    assert settled.cost == Decimal("0.00075")
+    assert settled.charge == Decimal("0.0009")  # x 1.2, not x 1.5
+    row = Generation.objects.get(pk=reservation.generation_id)
+    assert (row.markup_percent, row.charge) == (Decimal("20"), Decimal("0.0009"))
+    later = settle(reserve(alice, "gpt-4o-mini", MESSAGES, 500), TokenUsage(1000, 0, 1000))
+    assert later.charge == Decimal("0.001125")  # the new markup for the new call only
+    assert Generation.objects.get(pk=reservation.generation_id).charge == Decimal("0.0009")
+    day = DailyUsage.objects.get(user=alice)
+    assert (day.cost, day.charge) == (Decimal("0.0015"), Decimal("0.002025"))
+
+
+def test_budgets_hold_and_count_the_users_charge(alice, dollar_model, settings):
+    """With a 100 % markup a call that can cost $1.00 can be charged $2.00: a $3.00 budget
+    holds one such call in flight, not three."""
+    settings.BILLING_MARKUP_PERCENT = Decimal("100")
+    set_budget(alice, "3.00")
+    first = reserve(alice, dollar_model, MESSAGES, 100)
+    assert first.reserved_cost == Decimal("2.00")
+    with pytest.raises(UsageLimitReached):
+        reserve(alice, dollar_model, MESSAGES, 100)
+    settle(first, TokenUsage(0, 0, 40))  # cost $0.40, charged $0.80
+    spend = limits.spend_for(alice.usage_account, limits.cycle_for(alice.usage_account))
+    assert spend.settled_cost == Decimal("0.80")
+    reserve(alice, dollar_model, MESSAGES, 100)  # $0.80 + $2.00 fits in $3.00

@@ -21,8 +21,13 @@ def cycle_summary():
     users = with_cycle_usage(get_user_model().objects.all())
     near = budget.near_from()
     return {
-        "total": users.aggregate(total=Sum("cycle_cost"))["total"] or 0,
-        "top": list(users.filter(cycle_cost__gt=0).order_by("-cycle_cost")[:5]),
+        **{
+            key: value or 0
+            for key, value in users.aggregate(
+                total=Sum("cycle_charge"), total_cost=Sum("cycle_cost")
+            ).items()
+        },
+        "top": list(users.filter(cycle_charge__gt=0).order_by("-cycle_charge")[:5]),
         "near_from": near,
         "near": (
             users.filter(budget_pct__gte=near, budget_pct__lt=budget.OVER).count()

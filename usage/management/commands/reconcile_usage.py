@@ -78,6 +78,7 @@ def backfill_event(generation: Generation) -> dict:
         "$ai_http_status": generation.http_status or (200 if generation.status == "ok" else 0),
         "generation_id": str(generation.pk),
         analytics.RESERVED_AT: generation.created_at.isoformat(),
+        analytics.MARKUP_PERCENT: float(generation.markup_percent),
         "chatusage_backfill": True,
     }
     if generation.cached_input_tokens:

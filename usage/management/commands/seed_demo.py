@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from usage.cycles import cycle_containing, local_day
 from usage.models import DailyUsage, Generation, ModelPrice, UsageAccount
-from usage.pricing import Price
+from usage.pricing import Price, charge_for
 
 # username, staff, budget (None = default), models and weights, messages per day, seed
 DEMO_USERS = [
@@ -81,6 +81,7 @@ class Command(BaseCommand):
         names, weights = zip(*models.items(), strict=True)
         rows = []
         rollups = defaultdict(lambda: defaultdict(int))
+        markup = settings.BILLING_MARKUP_PERCENT
         for days_ago in range(HISTORY_DAYS, 0, -1):
             weekday = (now - timedelta(days=days_ago)).weekday()
             count = rng.randint(0, per_day * (1 if weekday >= 5 else 2))
@@ -93,17 +94,20 @@ class Command(BaseCommand):
                 cached = (input_tokens // 128) * 128 if ok and input_tokens > 1024 else 0
                 output_tokens = rng.randint(30, 500) if ok else 0
                 cost = price.cost(input_tokens, cached, output_tokens) if ok else Decimal(0)
+                charge = charge_for(cost, markup)
                 rows.append(
                     Generation(
                         user=user,
                         model=model,
                         provider="demo" if "demo" in model else "openai",
                         status=Generation.Status.OK if ok else Generation.Status.ERROR,
-                        reserved_cost=price.cost(input_tokens + 600, 0, 500),
+                        reserved_cost=charge_for(price.cost(input_tokens + 600, 0, 500), markup),
                         input_tokens=input_tokens,
                         cached_input_tokens=cached,
                         output_tokens=output_tokens,
                         cost=cost,
+                        charge=charge,
+                        markup_percent=markup,
                         latency_ms=rng.randint(300, 4000),
                         http_status=200 if ok else 500,
                         error="" if ok else "provider_error: The model provider failed to answer.",
@@ -114,13 +118,14 @@ class Command(BaseCommand):
                         settled_at=at + timedelta(seconds=2),
                     )
                 )
-                bucket = rollups[(local_day(at + timedelta(seconds=2)), model)]
+                bucket = rollups[(local_day(at), model)]  # the day it was reserved
                 bucket["generations"] += int(ok)
                 bucket["errors"] += int(not ok)
                 bucket["input_tokens"] += input_tokens
                 bucket["cached_input_tokens"] += cached
                 bucket["output_tokens"] += output_tokens
                 bucket["cost"] += cost
+                bucket["charge"] += charge
         Generation.objects.bulk_create(rows, batch_size=1000)
         DailyUsage.objects.bulk_create(
             [
