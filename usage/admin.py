@@ -9,6 +9,7 @@ from django.contrib.admin.helpers import ActionForm
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.core.validators import MinValueValidator
+from django.db.models import Sum
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -232,9 +233,13 @@ class UserAdmin(DjangoUserAdmin):
             return "—"
         report = reports.report_for(obj)
         t = report.totals
+        cost = DailyUsage.objects.filter(
+            user=obj, day__gte=report.cycle.start_date, day__lt=report.cycle.end_date
+        ).aggregate(cost=Sum("cost"), charge=Sum("charge"))
+        provider = cost["cost"] or Decimal(0)
         return format_html(
-            "{} – {} ({}): {} messages, {} failed, {} tokens ({} cached), {} charged; budget "
-            "{} ({} held for calls in flight)",
+            "{} – {} ({}): {} messages, {} failed, {} tokens ({} cached), {} charged "
+            "(provider cost {}, margin {}); budget {} ({} held for calls in flight)",
             report.cycle.start_date,
             report.cycle.end_date,
             report.source,
@@ -243,6 +248,8 @@ class UserAdmin(DjangoUserAdmin):
             t.total_tokens,
             t.cached_input_tokens,
             usd(t.cost),
+            usd(provider),
+            usd((cost["charge"] or Decimal(0)) - provider),
             usd(report.spend.budget, 2) if report.spend.budget else "no cap",
             usd(report.spend.pending_cost),
         )

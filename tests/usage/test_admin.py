@@ -319,3 +319,29 @@ def test_near_follows_the_alert_thresholds_everywhere(staff_client, alice, bob, 
     assert client.get("/api/usage/").json()["budget"]["state"] == "ok"
     client.force_login(bob)
     assert client.get("/api/usage/").json()["budget"]["state"] == "over"
+
+
+def test_staff_see_cost_charge_and_margin(staff_client, alice, settings):
+    settings.BILLING_MARKUP_PERCENT = Decimal("20")
+    generation = spend(alice, "gpt-4o", (1000, 0, 1000))  # cost $0.0125, charged $0.015
+    assert (generation.cost, generation.charge) == (Decimal("0.0125"), Decimal("0.015"))
+    listing = staff_client.get("/admin/auth/user/?q=alice").content.decode()
+    assert '<td class="field-charged_this_cycle">$0.0150</td>' in listing
+    assert '<td class="field-cost_this_cycle">$0.0125</td>' in listing
+    assert '<td class="field-margin_this_cycle">$0.0025</td>' in listing
+    page = staff_client.get(f"/admin/auth/user/{alice.pk}/change/").content.decode()
+    assert "$0.0150 charged (provider cost $0.0125, margin $0.0025)" in page
+    generations = staff_client.get("/admin/usage/generation/").content.decode()
+    assert "$0.0150 (+20%)" in generations
+    index = staff_client.get("/admin/").content.decode()
+    assert "(provider cost $0.0125, margin $0.0025)" in index
+    exported = staff_client.post(
+        "/admin/usage/generation/",
+        {"action": "export_csv", "_selected_action": [str(generation.pk)], "index": "0"},
+    )
+    [row] = csv.DictReader(io.StringIO(streamed(exported).decode()))
+    assert (row["charge_usd"], row["cost_usd"], row["markup_percent"]) == (
+        "0.0150000000",
+        "0.0125000000",
+        "20.0000",
+    )

@@ -20,13 +20,15 @@ def cycle_summary():
 
     users = with_cycle_usage(get_user_model().objects.all())
     near = budget.near_from()
+    totals = {
+        key: value or 0
+        for key, value in users.aggregate(
+            total=Sum("cycle_charge"), total_cost=Sum("cycle_cost")
+        ).items()
+    }
     return {
-        **{
-            key: value or 0
-            for key, value in users.aggregate(
-                total=Sum("cycle_charge"), total_cost=Sum("cycle_cost")
-            ).items()
-        },
+        **totals,
+        "margin": totals["total"] - totals["total_cost"],
         "top": list(users.filter(cycle_charge__gt=0).order_by("-cycle_charge")[:5]),
         "near_from": near,
         "near": (
