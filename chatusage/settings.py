@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "accounts",
     "usage",
     "chat",
+    "billing",
 ]
 
 MIDDLEWARE = [

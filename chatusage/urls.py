@@ -6,6 +6,7 @@ from chatusage import views
 urlpatterns = [
     path("", include("chat.urls")),
     path("", include("usage.urls")),
+    path("", include("billing.urls")),
     path("", include("accounts.urls")),
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon),

@@ -1,0 +1,88 @@
+"""Statements: the bill of one closed cycle, frozen. Nothing changes one once it is closed;
+what arrives for its cycle later goes on the next statement as an adjustment."""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+
+MONEY = {"max_digits": 20, "decimal_places": 10}
+
+
+class ClosedStatement(Exception):
+    """A statement was about to be changed: closed statements never change."""
+
+
+class Frozen(models.Model):
+    """A model whose rows are written once and never updated or deleted from code."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ClosedStatement(f"{self} is closed: it cannot change.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ClosedStatement(f"{self} is closed: it cannot be deleted.")
+
+
+class StatementCounter(models.Model):
+    """The last statement number given out: locked while a statement is numbered, so numbers
+    are sequential for the deployment, without gaps or repeats."""
+
+    name = models.CharField(max_length=20, primary_key=True)
+    last = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.name}: {self.last}"
+
+
+class Statement(Frozen):
+    number = models.CharField(max_length=32, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="statements"
+    )
+    cycle_start = models.DateField()  # the cycle's dates in the billing zone, [start, end)
+    cycle_end = models.DateField()
+    time_zone = models.CharField(max_length=64)
+    usage_total = models.DecimalField(**MONEY)  # the cycle's charges when it was closed
+    adjustments_total = models.DecimalField(**MONEY, default=Decimal(0))
+    total = models.DecimalField(**MONEY)
+    closed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-cycle_start"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "cycle_start"], name="statement_once")
+        ]
+
+    def __str__(self):
+        return f"Statement {self.number}"
+
+
+class StatementLine(Frozen):
+    class Kind(models.TextChoices):
+        USAGE = "usage"
+        ADJUSTMENT = "adjustment"
+
+    statement = models.ForeignKey(Statement, on_delete=models.PROTECT, related_name="lines")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    description = models.CharField(max_length=200)
+    model = models.CharField(max_length=100, blank=True)
+    messages = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    cached_input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    charge = models.DecimalField(**MONEY)
+    # An adjustment for usage recorded late: the statement of the cycle it belongs to.
+    adjusts = models.ForeignKey(
+        Statement, null=True, blank=True, on_delete=models.PROTECT, related_name="adjusted_by"
+    )
+
+    class Meta:
+        ordering = ["kind", "model", "id"]
+
+    def __str__(self):
+        return f"{self.description}: {self.charge}"
