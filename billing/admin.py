@@ -1,8 +1,10 @@
 """Statements for staff: read-only, as they were closed."""
 
 from django.contrib import admin
+from django.http import HttpResponse
 
-from billing.models import Statement, StatementLine
+from billing.models import Correction, Statement, StatementLine
+from billing.statements import statements_csv
 
 
 class LineInline(admin.TabularInline):
@@ -28,6 +30,14 @@ class StatementAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
     inlines = [LineInline]
     readonly_fields = [f.name for f in Statement._meta.fields]
+    actions = ["export_csv"]
+
+    @admin.action(description="Export selected statements as CSV", permissions=["view"])
+    def export_csv(self, request, queryset):
+        """For accounting: filter by cycle start, select all, export."""
+        response = HttpResponse(statements_csv(queryset), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="statements.csv"'
+        return response
 
     def has_add_permission(self, request):
         return False
@@ -37,3 +47,27 @@ class StatementAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Correction)
+class CorrectionAdmin(admin.ModelAdmin):
+    """Credit (negative) or charge (positive) an amount, with a reason: it goes on the user's
+    next statement and into their history. Once written it is not edited: add another."""
+
+    list_display = ["user", "amount", "reason", "created_by", "created_at", "statement"]
+    list_select_related = ["user", "created_by", "statement"]
+    search_fields = ["user__username", "reason"]
+    fields = ["user", "amount", "reason"]
+    autocomplete_fields = ["user"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        verb = "Credited" if obj.amount < 0 else "Charged"
+        self.log_change(request, obj.user, f"{verb} {abs(obj.amount)} USD: {obj.reason}")

@@ -86,3 +86,28 @@ class StatementLine(Frozen):
 
     def __str__(self):
         return f"{self.description}: {self.charge}"
+
+
+class Correction(models.Model):
+    """A staff credit (negative) or charge (positive) with its reason: it goes on the user's
+    next statement as an adjustment line, and into the user's admin history."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="billing_corrections"
+    )
+    amount = models.DecimalField(**MONEY)
+    reason = models.CharField(max_length=200)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    # The statement it went on; empty until the next statement closes.
+    statement = models.ForeignKey(
+        Statement, null=True, blank=True, on_delete=models.PROTECT, related_name="corrections"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.amount} for {self.user_id}: {self.reason}"

@@ -5,10 +5,13 @@ deployment. Its usage lines are the cycle's charges per model, as the ledger's r
 them when it closes. A user with no usage in a cycle gets a $0 statement only once they have
 had one before (a running account's cycles stay contiguous; a sign-up who never chatted
 gets none). Charges recorded for a closed cycle later (a late settle, a reconcile backfill)
-appear on the user's next statement as adjustment lines naming the statement they correct.
+appear on the user's next statement as adjustment lines naming the statement they correct,
+and so do staff corrections (a credit or a charge with its reason).
 """
 
 import contextlib
+import csv
+import io
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -18,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing.models import Statement, StatementCounter, StatementLine
+from billing.models import Correction, Statement, StatementCounter, StatementLine
 from usage.cycles import Cycle, cycle_containing, first_cycle
 from usage.models import DailyUsage, UsageAccount
 
@@ -91,12 +94,17 @@ def close(account: UsageAccount, cycle: Cycle, closed_at: datetime) -> Statement
             return None
         usage = list(_usage(user_id, cycle.start_date, cycle.end_date))
         late = _late_charges(user_id, cycle.start_date)
+        corrections = list(
+            Correction.objects.select_for_update().filter(user_id=user_id, statement=None)
+        )
         earlier = Statement.objects.filter(user_id=user_id, cycle_start__lt=cycle.start_date)
-        if not usage and not late and not earlier.exists():
+        if not usage and not late and not corrections and not earlier.exists():
             transaction.set_rollback(True)  # hands the number back
             return None
         usage_total = sum((Decimal(str(u["charge"] or 0)) for u in usage), Decimal(0))
-        adjustments = sum((amount for _, amount in late), Decimal(0))
+        adjustments = sum((amount for _, amount in late), Decimal(0)) + sum(
+            (c.amount for c in corrections), Decimal(0)
+        )
         statement = Statement.objects.create(
             number=number,
             user_id=user_id,
@@ -133,7 +141,17 @@ def close(account: UsageAccount, cycle: Cycle, closed_at: datetime) -> Statement
                 )
                 for closed, amount in late
             ]
+            + [
+                StatementLine(
+                    statement=statement,
+                    kind=StatementLine.Kind.ADJUSTMENT,
+                    description=("Credit" if c.amount < 0 else "Charge") + f": {c.reason}",
+                    charge=c.amount,
+                )
+                for c in corrections
+            ]
         )
+        Correction.objects.filter(pk__in=[c.pk for c in corrections]).update(statement=statement)
     return statement
 
 
@@ -170,3 +188,61 @@ def close_cycles(as_of: date | None = None) -> Closed:
 
 def lines_of(statement: Statement) -> list[StatementLine]:
     return list(statement.lines.select_related("adjusts"))
+
+
+def statements_csv(statements) -> str:
+    """One cycle's statements (or any), one row each, for accounting."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        [
+            "number",
+            "user_id",
+            "username",
+            "email",
+            "cycle_start",
+            "cycle_end",
+            "usage_usd",
+            "adjustments_usd",
+            "total_usd",
+            "closed_at",
+        ]
+    )
+    for s in statements.select_related("user").order_by("number"):
+        writer.writerow(
+            [
+                s.number,
+                s.user_id,
+                s.user.get_username(),
+                s.user.email,
+                s.cycle_start,
+                s.cycle_end,
+                s.usage_total,
+                s.adjustments_total,
+                s.total,
+                s.closed_at.isoformat(),
+            ]
+        )
+    return out.getvalue()
+
+
+def mismatched(statements) -> list[tuple[Statement, Decimal, Decimal]]:
+    """Statements whose total is no longer their lines' sum or their usage no longer the
+    ledger's charges for the cycle less what later statements adjusted: (statement, the
+    statement's total, what the ledger says now)."""
+    found = []
+    for s in statements.prefetch_related("lines", "adjusted_by"):
+        lines = sum((line.charge for line in s.lines.all()), Decimal(0))
+        adjusted = sum((line.charge for line in s.adjusted_by.all()), Decimal(0))
+        ledger = _charged(s.user_id, s.cycle_start, s.cycle_end) - adjusted + s.adjustments_total
+        if lines != s.total or ledger != s.total:
+            found.append((s, s.total, ledger))
+    return found
+
+
+def reconcile_check() -> list[str]:
+    """For reconcile_usage: every statement whose total no longer matches the ledger."""
+    return [
+        f"statement {s.number} ({s.user.get_username()}): total {total}, ledger now {ledger}"
+        for s, total, ledger in mismatched(Statement.objects.select_related("user"))
+    ]

@@ -187,3 +187,54 @@ def test_two_runs_at_once_give_one_statement_per_cycle_and_no_gap(django_user_mo
     assert numbers == [f"CU-2026-{n:06d}" for n in range(1, USERS_AT_ONCE + 1)]  # no gap
     assert Statement.objects.values("user").distinct().count() == USERS_AT_ONCE
     assert not errors, errors
+
+
+def test_a_staff_credit_goes_on_the_next_statement_and_into_the_users_history(alice, staff_client):
+    from django.contrib.admin.models import LogEntry
+
+    anchored(alice)
+    used(alice, date(2026, 9, 12), "0.50")
+    response = staff_client.post(
+        "/admin/billing/correction/add/",
+        {"user": alice.pk, "amount": "-0.30", "reason": "Outage on 11 Sep"},
+    )
+    assert response.status_code == 302
+    run("--as-of", "2026-10-10")
+    statement = Statement.objects.get()
+    credit = statement.lines.get(kind=StatementLine.Kind.ADJUSTMENT)
+    assert (credit.charge, credit.description) == (Decimal("-0.30"), "Credit: Outage on 11 Sep")
+    assert statement.total == Decimal("0.20")
+    history = LogEntry.objects.get(object_id=str(alice.pk), content_type__model="user")
+    history = history.change_message
+    assert "Credited 0.30 USD: Outage on 11 Sep" in history
+    run("--as-of", "2026-11-10")  # applied once
+    later = Statement.objects.order_by("cycle_start").last()
+    assert not later.lines.filter(description__startswith="Credit").exists()
+
+
+def test_staff_export_a_cycles_statements_for_accounting(alice, bob, staff_client):
+    for user in (alice, bob):
+        anchored(user)
+        used(user, date(2026, 9, 12), "0.50")
+    run("--as-of", "2026-10-10")
+    ids = [str(pk) for pk in Statement.objects.values_list("pk", flat=True)]
+    response = staff_client.post(
+        "/admin/billing/statement/?cycle_start=2026-09-10",
+        {"action": "export_csv", "_selected_action": ids, "index": "0"},
+    )
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert {r["username"] for r in rows} == {"alice", "bob"}
+    assert {r["total_usd"] for r in rows} == {"0.5000000000"}
+
+
+def test_reconcile_reports_a_statement_the_ledger_no_longer_matches(alice, posthog_query):
+    from django.core.management.base import CommandError
+
+    anchored(alice)
+    used(alice, date(2026, 9, 12), "0.50")
+    run("--as-of", "2026-10-10")
+    DailyUsage.objects.filter(user=alice).update(charge=Decimal("0.40"))  # rewritten history
+    out = StringIO()
+    with pytest.raises(CommandError, match="1 difference"):
+        call_command("reconcile_usage", stdout=out)
+    assert "statement CU-2026-000001 (alice): total 0.5" in out.getvalue()

@@ -10,7 +10,7 @@ from django.db import connection
 from django.utils import timezone
 
 from chatusage import analytics
-from usage import hogql
+from usage import hogql, hooks
 from usage.cycles import cycle_containing, cycle_for
 from usage.models import Backfill, Generation, UsageAccount
 from usage.pricing import MILLION
@@ -182,10 +182,16 @@ class Command(BaseCommand):
         if backfill:
             summary += f"; backfilled {sent}"
         self.stdout.write(summary + ".")
+        # What the apps built on the ledger check (billing: statements against the ledger).
+        for check in hooks.reconcile_checks:
+            for line in check():
+                self.stdout.write(line)
+                problems.append({"problem": "statement"})
         unresolved = [
             p
             for p in problems
-            if p["problem"] in PROBLEMS and not (backfill and p["problem"] == "missing")
+            if p["problem"] in (*PROBLEMS, "statement")
+            and not (backfill and p["problem"] == "missing")
         ]
         if unresolved:
             raise CommandError(f"{len(unresolved)} difference(s) exceed the tolerance.")
