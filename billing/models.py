@@ -61,6 +61,13 @@ class Statement(Frozen):
     def __str__(self):
         return f"Statement {self.number}"
 
+    @property
+    def last_day(self):
+        """The cycle's last day (cycle_end is the first day of the next one)."""
+        from datetime import timedelta
+
+        return self.cycle_end - timedelta(days=1)
+
 
 class StatementLine(Frozen):
     class Kind(models.TextChoices):

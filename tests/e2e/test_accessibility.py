@@ -59,3 +59,39 @@ def test_a_refused_message_passes_axe(scheme_page, live_server, django_user_mode
     page.click("#send")
     page.locator("#chat-error").wait_for(state="visible")
     check(page, "chat-refused")
+
+
+def test_the_billing_pages_pass_axe_and_a_statement_prints_alone(
+    scheme_page, live_server, django_user_model
+):
+    from datetime import date
+    from decimal import Decimal
+
+    from billing.statements import close_cycles
+    from usage.models import DailyUsage, UsageAccount
+
+    page = scheme_page
+    user = django_user_model.objects.create_user("gina", "gina@example.com", PASSWORD)
+    UsageAccount.objects.filter(user=user).update(billing_anchor=date(2026, 9, 10))
+    DailyUsage.objects.create(
+        user=user,
+        day=date(2026, 9, 12),
+        model="gpt-4o-mini",
+        generations=3,
+        output_tokens=900,
+        cost=Decimal("0.42"),
+        charge=Decimal("0.42"),
+    )
+    [statement] = close_cycles(date(2026, 10, 10)).created
+    login(page, live_server.url, "gina", PASSWORD)
+    page.wait_for_url(f"{live_server.url}/chat/")
+    page.goto(live_server.url + "/billing/")
+    check(page, "billing")
+    page.goto(f"{live_server.url}/billing/statements/{statement.number}/")
+    check(page, "statement")
+    page.emulate_media(media="print")
+    assert not page.locator("nav").first.is_visible()  # the site's navigation is not printed
+    page.screenshot(path=ARTIFACTS / f"statement-print-{page.scheme}.png", full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    page.emulate_media(media="screen")
+    check(page, "statement-phone")

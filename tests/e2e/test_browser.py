@@ -3,7 +3,6 @@
 Screenshots land in test-artifacts/ (git-ignored) for a human to look at.
 """
 
-import os
 import re
 
 import pytest
@@ -13,9 +12,6 @@ from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login
 from tests.helpers import hold_budget
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-# Playwright's sync API keeps an event loop in this thread; the ORM calls here are plain sync.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 def test_sign_up_chat_see_the_cost_and_log_out(page, live_server, django_user_model):

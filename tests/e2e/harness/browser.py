@@ -1,7 +1,12 @@
 """Debian's Chromium driven by Playwright, and axe-core's WCAG checks."""
 
+import os
 import shutil
 from pathlib import Path
+
+# Playwright's sync API keeps an event loop in the test's thread; the ORM calls the browser
+# tests make there are plain sync ones.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
 
