@@ -5,6 +5,7 @@ from django.http import HttpResponse
 
 from billing.models import Correction, Statement, StatementLine
 from billing.statements import statements_csv
+from usage.admin import ReadOnlyAdmin
 
 
 class LineInline(admin.TabularInline):
@@ -23,7 +24,7 @@ class LineInline(admin.TabularInline):
 
 
 @admin.register(Statement)
-class StatementAdmin(admin.ModelAdmin):
+class StatementAdmin(ReadOnlyAdmin):
     list_display = ["number", "user", "cycle_start", "cycle_end", "total", "closed_at"]
     list_filter = ["cycle_start"]
     search_fields = ["number", "user__username", "user__email"]
@@ -38,15 +39,6 @@ class StatementAdmin(admin.ModelAdmin):
         response = HttpResponse(statements_csv(queryset), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="statements.csv"'
         return response
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Correction)

@@ -50,7 +50,8 @@ class BudgetFilter(admin.SimpleListFilter):
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """The ledger is written by reserve() and settle() only; staff read it."""
+    """Written by the code only (the ledger by reserve() and settle(), statements by
+    close_cycles); staff read it."""
 
     def has_add_permission(self, request):
         return False
