@@ -2,7 +2,6 @@
 markdown, never run what a model writes, and Stop settles what arrived."""
 
 import json
-import time
 
 import httpx2
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from chat import demo, llm
 from chat.models import Message
 from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login
+from tests.e2e.harness.client import wait_for
 from usage.models import Generation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -96,17 +96,16 @@ def test_stop_ends_the_stream_and_settles_what_arrived(page, asgi_server, erin, 
     page.click("#send")
     streaming = page.locator(".message-assistant.streaming .content")
     streaming.wait_for()
-    deadline = time.monotonic() + 10
-    while len(streaming.inner_text()) < 20:  # some words in, more to come
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    page.wait_for_function(  # some words in, more to come
+        "document.querySelector('.message-assistant.streaming .content').innerText.length >= 20"
+    )
     page.click("#stop")
     page.locator("text=Stopped. What arrived is kept").wait_for()
     assert page.is_visible("#send")
-    deadline = time.monotonic() + 10
-    while Generation.objects.filter(user=erin, status="pending").exists():
-        assert time.monotonic() < deadline, "the stopped call was never settled"
-        time.sleep(0.1)
+    settled = wait_for(
+        lambda: not Generation.objects.filter(user=erin, status="pending").exists(), 60
+    )
+    assert settled, "the stopped call was never settled"
     generation = Generation.objects.get(user=erin)
     assert (generation.status, generation.cost_estimated) == ("ok", True)
     answer = Message.objects.get(role="assistant")
