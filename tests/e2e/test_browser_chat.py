@@ -2,6 +2,7 @@
 markdown, never run what a model writes, and Stop settles what arrived."""
 
 import json
+import re
 
 import httpx2
 import pytest
@@ -96,9 +97,10 @@ def test_stop_ends_the_stream_and_settles_what_arrived(page, asgi_server, erin, 
     page.click("#send")
     streaming = page.locator(".message-assistant.streaming .content")
     streaming.wait_for()
-    page.wait_for_function(  # some words in, more to come
-        "document.querySelector('.message-assistant.streaming .content').innerText.length >= 20"
-    )
+    # Some words in, more to come (a locator's text filter, which the page's CSP allows).
+    page.locator(
+        ".message-assistant.streaming .content", has_text=re.compile(r".{20}", re.S)
+    ).wait_for()
     page.click("#stop")
     page.locator("text=Stopped. What arrived is kept").wait_for()
     assert page.is_visible("#send")
