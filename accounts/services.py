@@ -26,12 +26,18 @@ def _mail(template: str, to: str, context: dict) -> None:
     send_mail(subject.strip(), body.lstrip(), None, [to])
 
 
+def site_url(path: str) -> str:
+    """An absolute link for a mail: SITE_URL, never the request's Host header (which the
+    client chooses, so a link built from it could point anywhere)."""
+    return settings.SITE_URL + path
+
+
 def verification_token(user: User) -> str:
     return signing.dumps({"user": user.pk, "email": user.email}, salt=VERIFY_SALT)
 
 
 def send_verification(request, user: User) -> None:
-    link = request.build_absolute_uri(reverse("verify_email", args=[verification_token(user)]))
+    link = site_url(reverse("verify_email", args=[verification_token(user)]))
     _mail("registration/verify_email.txt", user.email, {"user": user, "link": link})
 
 
@@ -55,8 +61,8 @@ def sign_up(request, form) -> User | None:
     email = form.cleaned_data["email"]
     if settings.ACCOUNTS_VERIFY_EMAIL and User.objects.filter(email__iexact=email).exists():
         make_password(form.cleaned_data["password1"])  # the work a new account's save does
-        login_url = request.build_absolute_uri(reverse("login"))
-        reset_url = request.build_absolute_uri(reverse("password_reset"))
+        login_url = site_url(reverse("login"))
+        reset_url = site_url(reverse("password_reset"))
         _mail(
             "registration/already_registered.txt",
             email,

@@ -113,3 +113,11 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
         response = super().form_valid(form)
         reset_lockout(username=form.user.get_username())
         return response
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's reset, its mail's link built from SITE_URL rather than the request's Host."""
+
+    @property
+    def extra_email_context(self):  # read per request: SITE_URL may differ in tests
+        return {"site_url": settings.SITE_URL}

@@ -56,7 +56,7 @@ def watches(account: UsageAccount) -> bool:
     return capped or settings.USAGE_STAFF_ALERT_USD is not None
 
 
-def _record(account, cycle, kind, threshold, spent, budget) -> None:
+def _record(account, cycle, kind, threshold, spent, budget, refused_for="") -> None:
     now = timezone.now()
     (rows,) = sql.batch(
         sql.record_alert(
@@ -70,6 +70,7 @@ def _record(account, cycle, kind, threshold, spent, budget) -> None:
             budget=budget,
             created_at=now,
             next_attempt_at=now,
+            refused_for=refused_for,
         )
     )
     if rows:  # new: deliver after commit, off the request's path
@@ -94,11 +95,15 @@ def after_settle(account: UsageAccount, cycle: Cycle, spent: Decimal, added: Dec
         _record(account, cycle, Alert.Kind.OVER_AMOUNT, amount, spent, cap)
 
 
-def after_refusal(account: UsageAccount, cycle: Cycle, spent: Decimal) -> None:
+def after_refusal(
+    account: UsageAccount, cycle: Cycle, spent: Decimal, refused_for: str = "budget"
+) -> None:
     """The first refusal of the cycle for the budget or the message limit (inside
     reserve()'s transaction, which commits it before the refusal is raised)."""
     sql.require_transaction("after_refusal()")
-    _record(account, cycle, Alert.Kind.LIMIT, Decimal(0), spent, account.effective_budget)
+    _record(
+        account, cycle, Alert.Kind.LIMIT, Decimal(0), spent, account.effective_budget, refused_for
+    )
 
 
 # --- delivering (after commit, and by send_alerts) ----------------------------
@@ -172,6 +177,7 @@ def _mail_context(alert: Alert) -> dict:
         "resets": resets,
         "zone": tz.key,
         "usage_url": f"{settings.SITE_URL}/usage/",
+        "message_limit": alert.user.usage_account.effective_message_limit,
         "admin_url": f"{settings.SITE_URL}/admin/auth/user/{alert.user_id}/change/",
     }
 

@@ -381,7 +381,7 @@ def reserve(
             # Only when a new chat would be refused too: a conversation too long for what
             # is left has not reached the limit. Committed with this transaction, so it is
             # raised after the block.
-            alerts.after_refusal(account, spend.cycle, spend.settled_cost)
+            alerts.after_refusal(account, spend.cycle, spend.settled_cost, refused.reason)
     if refused is not None:
         raise refused
     return replace(reservation, alerting=alerts.watches(account))

@@ -263,6 +263,8 @@ class Alert(models.Model):
     kind = models.CharField(max_length=40, choices=Kind.choices)
     # Percent of the budget (threshold), the staff amount in USD (over amount), 0 (limit).
     threshold = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal(0))
+    # For a limit reached: which one ("budget" or "messages"), so the mail can say.
+    refused_for = models.CharField(max_length=20, blank=True, db_default="")
     cycle_start = models.DateField()
     cycle_end = models.DateField()
     spent = models.DecimalField(**MONEY)

@@ -304,6 +304,7 @@ ALERT_FIELDS = [
     "budget",
     "created_at",
     "next_attempt_at",
+    "refused_for",
 ]
 # Insert unless (user, cycle, kind, threshold) has one already; RETURNING says whether this
 # transaction made it (PostgreSQL, and SQLite since 3.35).

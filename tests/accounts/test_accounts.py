@@ -82,10 +82,12 @@ def test_an_unverified_account_cannot_chat_until_it_follows_its_link(
 
 def test_the_verification_link_logs_a_new_account_in_once(client, db, settings, mailoutbox):
     settings.ACCOUNTS_VERIFY_EMAIL = True
+    settings.SITE_URL = "https://chat.example.com"
     sign_up(client, "carol", "carol@example.com")
     [mail] = mailoutbox
     link = next(w for w in mail.body.split() if "/accounts/verify/" in w)
-    link = link.replace("http://testserver", "")
+    assert link.startswith("https://chat.example.com/")  # SITE_URL, not the request's host
+    link = link.removeprefix("https://chat.example.com")
     assert client.get(link).url == reverse("chat:index")
     assert client.session["_auth_user_id"] == str(User.objects.get(username="carol").pk)
     again = Client().get(link)  # a used link is no key to the account
@@ -203,11 +205,13 @@ def test_staff_can_unlock_a_locked_account(alice, settings):
     assert response.status_code == 302
 
 
-def test_a_forgotten_password_can_be_reset_by_email(client, alice, mailoutbox):
+def test_a_forgotten_password_can_be_reset_by_email(client, alice, mailoutbox, settings):
+    settings.SITE_URL = "https://chat.example.com"
     response = client.post(reverse("password_reset"), {"email": "alice@example.com"})
     assert response.status_code == 302
     [mail] = mailoutbox
     link = next(word for word in mail.body.split() if "/accounts/reset/" in word)
+    assert link.startswith("https://chat.example.com/accounts/reset/")
     form_url = client.get(link.replace("http://testserver", ""), follow=True).redirect_chain[-1][0]
     done = client.post(
         form_url, {"new_password1": "A-new-Pass-2027!", "new_password2": "A-new-Pass-2027!"}

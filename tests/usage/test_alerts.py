@@ -172,6 +172,21 @@ def test_the_user_gets_a_mail_with_the_percentage_spend_and_reset(
     assert "resets on" in body and settings.USAGE_TIME_ZONE.key in body
     assert "https://chat.example.com/usage/" in body
     assert mailoutbox[0].to == ["alice@example.com"]
+    # A threshold is a warning: chat still works, so the mail must not say it stopped.
+    assert "chat works again" not in body and "You can go on chatting" in body
+
+
+def test_the_limit_mail_names_the_limit_that_was_reached(alice, cent_model, mailoutbox):
+    """It said "this cycle's budget or message limit is used up", whichever it was."""
+    set_budget(alice, "0", message_limit=1)
+    spend_cents(alice, cent_model, 1)
+    with pytest.raises(UsageLimitReached):
+        reserve(alice, cent_model, MESSAGES, 30)
+    alerts.deliver_due()
+    [mail] = mailoutbox
+    assert mail.subject == "You have used this cycle's chatusage messages"
+    assert "you have sent the 1 messages this cycle allows" in mail.body
+    assert "chat works again from then on" in mail.body
 
 
 def test_staff_hear_once_when_a_user_passes_the_staff_amount(
