@@ -3,7 +3,6 @@ printable page, JSON or CSV. Every lookup is the user's own: anyone else's is 40
 
 import csv
 import io
-from decimal import Decimal
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -14,6 +13,7 @@ from billing.models import Statement
 from billing.statements import lines_of
 from usage import reports
 from usage.cycles import cycle_for
+from usage.pricing import usd_text
 
 
 def statement_for(user, number: str) -> Statement:
@@ -22,10 +22,6 @@ def statement_for(user, number: str) -> Statement:
         return Statement.objects.get(number=number, user=user)
     except Statement.DoesNotExist as exc:
         raise Http404("No such statement.") from exc
-
-
-def _money(value: Decimal) -> str:
-    return str(Decimal(value).quantize(Decimal("0.000001")))
 
 
 def as_dict(statement: Statement) -> dict:
@@ -45,14 +41,14 @@ def as_dict(statement: Statement) -> dict:
                 "input_tokens": line.input_tokens,
                 "cached_input_tokens": line.cached_input_tokens,
                 "output_tokens": line.output_tokens,
-                "charge_usd": _money(line.charge),
+                "charge_usd": usd_text(line.charge),
                 "adjusts": line.adjusts.number if line.adjusts else None,
             }
             for line in lines_of(statement)
         ],
-        "usage_usd": _money(statement.usage_total),
-        "adjustments_usd": _money(statement.adjustments_total),
-        "total_usd": _money(statement.total),
+        "usage_usd": usd_text(statement.usage_total),
+        "adjustments_usd": usd_text(statement.adjustments_total),
+        "total_usd": usd_text(statement.total),
         "closed_at": statement.closed_at.isoformat(),
     }
 

@@ -33,7 +33,9 @@ from chatusage.errors import ApiError
 from usage import limits
 from usage.cycles import cycle_for
 from usage.models import Generation, UsageAccount
-from usage.pricing import CHARGE_QUANTUM, UnknownModelError, price_for
+from usage.pricing import UnknownModelError, price_for, usd_text
+
+log = logging.getLogger(__name__)
 
 
 class ChatError(ApiError):
@@ -139,8 +141,9 @@ def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
     if isinstance(exc, limits.UsageLimitReached) and exc.reason == "blocked":
         return ChatError("account_blocked", detail, **extra)
     if isinstance(exc, limits.UsageLimitReached) and exc.reason == "conversation":
-        new_chat = str(exc.new_chat.quantize(Decimal("0.000001")))
-        return ChatError("conversation_too_long", detail, **extra, new_chat_usd=new_chat)
+        return ChatError(
+            "conversation_too_long", detail, **extra, new_chat_usd=usd_text(exc.new_chat)
+        )
     if isinstance(exc, limits.UsageLimitReached):
         return ChatError(
             "usage_limit_reached", detail, retry_after=exc.retry_after, **extra, **exc.as_dict()
@@ -306,8 +309,7 @@ def _finish(
             "cached_input_tokens": generation.cached_input_tokens,
             "output_tokens": generation.output_tokens,
             "total_tokens": generation.total_tokens,
-            # What the user is charged, to its 6 places.
-            "cost_usd": str(generation.charge.quantize(CHARGE_QUANTUM)),
+            "cost_usd": usd_text(generation.charge),  # what the user is charged
             "estimated": generation.cost_estimated,
             "truncated": answer.finish_reason == "length",
             "latency_ms": generation.latency_ms,
@@ -327,8 +329,6 @@ def _fail(turn: Turn, error: llm.ProviderError, latency_ms: int | None = None) -
 
 
 NOT_ANSWERED = "The client went away before an answer."
-
-log = logging.getLogger(__name__)
 
 # Settling steps and stream relays run as tasks of their own (so a cancelled request still
 # completes them); a reference is kept until each ends, and a failure is logged, not lost
@@ -569,8 +569,8 @@ class BudgetView:
     def as_dict(self) -> dict:
         return {
             "budget": str(self.budget) if self.budget else None,
-            "spent": str(self.spent.quantize(Decimal("0.000001"))),
-            "left": str(self.left.quantize(Decimal("0.000001"))) if self.left is not None else None,
+            "spent": usd_text(self.spent),
+            "left": usd_text(self.left) if self.left is not None else None,
             "percent": float(self.percent) if self.percent is not None else None,
             "state": self.state,
             "resets_at": self.resets_at.isoformat(),

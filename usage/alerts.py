@@ -36,6 +36,7 @@ from django.utils import timezone
 from usage import budget, sql
 from usage.cycles import Cycle
 from usage.models import Alert, UsageAccount
+from usage.pricing import usd_text
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def payload(alert: Alert) -> dict:
         "type": alert.kind,
         "created_at": alert.created_at.isoformat(),
         "user": {"id": user.pk, "username": user.get_username(), "email": user.email},
-        "spent": str(alert.spent.quantize(Decimal("0.000001"))),
+        "spent": usd_text(alert.spent),
         "budget": str(alert.budget),
         "cycle": {"start": alert.cycle_start.isoformat(), "end": alert.cycle_end.isoformat()},
     }

@@ -27,7 +27,7 @@ from django.utils import timezone
 from usage import alerts, budget, sql
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.models import Generation, UsageAccount
-from usage.pricing import COST_QUANTUM, Price, TokenUsage, charge_for, price_for
+from usage.pricing import COST_QUANTUM, Price, TokenUsage, charge_for, price_for, usd_text
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class UsageLimitReached(Exception):
     def as_dict(self) -> dict:
         return {
             "reason": self.reason,
-            "spent": str(self.spend.settled_cost.quantize(Decimal("0.000001"))),
+            "spent": usd_text(self.spend.settled_cost),
             "budget": str(self.spend.budget),
             "messages": self.spend.settled_messages + self.spend.pending_messages,
             "message_limit": self.spend.message_limit,

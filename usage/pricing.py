@@ -20,6 +20,12 @@ COST_QUANTUM = Decimal("0.0000000001")  # the ledger's 10 decimal places
 CHARGE_QUANTUM = Decimal("0.000001")  # a charge is rounded half-up to 6 decimal places
 
 
+def usd_text(amount) -> str:
+    """An amount of USD as the JSON endpoints, webhooks and statements write it: a string of
+    6 decimal places (micro-dollars), exact, never a float."""
+    return str(Decimal(amount).quantize(CHARGE_QUANTUM))
+
+
 def charge_for(cost: Decimal, markup_percent: Decimal) -> Decimal:
     """What the user is charged for `cost`: with the markup, rounded half-up to 6 places."""
     return (cost * (1 + markup_percent / 100)).quantize(CHARGE_QUANTUM, ROUND_HALF_UP)
