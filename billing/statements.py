@@ -60,17 +60,18 @@ def _charged(user_id: int, start: date, end: date) -> Decimal:
     return Decimal(str(total or 0))
 
 
+def _unbilled(closed: Statement) -> Decimal:
+    """What `closed`'s cycle has been charged since it was closed and no later statement
+    has adjusted yet (0 while the ledger agrees with it)."""
+    adjusted = closed.adjusted_by.aggregate(total=Sum("charge"))["total"] or Decimal(0)
+    now_charged = _charged(closed.user_id, closed.cycle_start, closed.cycle_end)
+    return now_charged - closed.usage_total - Decimal(str(adjusted))
+
+
 def _late_charges(user_id: int, before: date) -> list[tuple[Statement, Decimal]]:
-    """For each closed statement: what its cycle has been charged since it was closed (and
-    not yet adjusted on a later statement)."""
-    late = []
-    for closed in Statement.objects.filter(user_id=user_id, cycle_start__lt=before):
-        adjusted = closed.adjusted_by.aggregate(total=Sum("charge"))["total"] or Decimal(0)
-        now_charged = _charged(user_id, closed.cycle_start, closed.cycle_end)
-        difference = now_charged - closed.usage_total - Decimal(str(adjusted))
-        if difference:
-            late.append((closed, difference))
-    return late
+    """For each closed statement before `before`: its unbilled charges, where there are any."""
+    closed = Statement.objects.filter(user_id=user_id, cycle_start__lt=before)
+    return [(s, late) for s in closed if (late := _unbilled(s))]
 
 
 def _next_number(closed_at: datetime) -> str:
@@ -165,9 +166,8 @@ def close_cycles(as_of: date | None = None) -> Closed:
     """Close every ended cycle of every account: idempotent, safe to run twice at once."""
     now = timezone.now()
     tz = settings.USAGE_TIME_ZONE
-    if as_of is None:
-        as_of = timezone.localdate(now, tz)
     today = timezone.localdate(now, tz)
+    as_of = as_of or today
     closed_at = now if as_of >= today else datetime.combine(as_of, time(), tz)
     with contextlib.suppress(IntegrityError):  # another run made it first
         StatementCounter.objects.get_or_create(name=COUNTER)
@@ -227,16 +227,14 @@ def statements_csv(statements) -> str:
 
 
 def mismatched(statements) -> list[tuple[Statement, Decimal, Decimal]]:
-    """Statements whose total is no longer their lines' sum or their usage no longer the
-    ledger's charges for the cycle less what later statements adjusted: (statement, the
-    statement's total, what the ledger says now)."""
+    """Statements whose total is no longer their lines' sum, or whose cycle the ledger now
+    charges differently (not yet adjusted): (statement, its total, what the ledger says)."""
     found = []
-    for s in statements.prefetch_related("lines", "adjusted_by"):
+    for s in statements.prefetch_related("lines"):
         lines = sum((line.charge for line in s.lines.all()), Decimal(0))
-        adjusted = sum((line.charge for line in s.adjusted_by.all()), Decimal(0))
-        ledger = _charged(s.user_id, s.cycle_start, s.cycle_end) - adjusted + s.adjustments_total
-        if lines != s.total or ledger != s.total:
-            found.append((s, s.total, ledger))
+        unbilled = _unbilled(s)
+        if lines != s.total or unbilled:
+            found.append((s, s.total, s.total + unbilled))
     return found
 
 
