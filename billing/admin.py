@@ -1,9 +1,11 @@
 """Statements for staff: read-only, as they were closed."""
 
 from django.contrib import admin
+from django.db import transaction
 from django.http import HttpResponse
 
-from billing.models import Correction, Statement, StatementLine
+from billing import meters
+from billing.models import Correction, Statement, StatementLine, StripeOutbox
 from billing.statements import statements_csv
 from usage.admin import ReadOnlyAdmin
 
@@ -58,8 +60,38 @@ class CorrectionAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    @transaction.atomic
     def save_model(self, request, obj, form, change):
         obj.created_by = request.user
         super().save_model(request, obj, form, change)
+        meters.record_correction(obj)  # metered billing: an invoice item, sent once
         verb = "Credited" if obj.amount < 0 else "Charged"
         self.log_change(request, obj.user, f"{verb} {abs(obj.amount)} USD: {obj.reason}")
+
+
+@admin.register(StripeOutbox)
+class StripeOutboxAdmin(ReadOnlyAdmin):
+    """What Stripe has been sent and what it has not: filter on "parked" for the rows Stripe
+    refused for good (the error says why); fix the cause, then send them again."""
+
+    list_display = [
+        "kind",
+        "user",
+        "amount",
+        "occurred_at",
+        "status",
+        "attempts",
+        "last_error",
+        "sent_at",
+    ]
+    list_filter = ["status", "kind"]
+    search_fields = ["user__username", "user__email", "generation_id", "stripe_id"]
+    list_select_related = ["user"]
+    readonly_fields = [f.name for f in StripeOutbox._meta.fields]
+    actions = ["send_again"]
+
+    @admin.action(description="Send the selected parked items again", permissions=["view"])
+    def send_again(self, request, queryset):
+        count = meters.retry_parked(queryset)
+        transaction.on_commit(meters.kick)
+        self.message_user(request, f"{count} parked item(s) will be sent again.")

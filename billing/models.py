@@ -118,3 +118,59 @@ class Correction(models.Model):
 
     def __str__(self):
         return f"{self.amount} for {self.user_id}: {self.reason}"
+
+
+class StripeOutbox(models.Model):
+    """What Stripe must hear about once: a settled answer's charge (a meter event, written
+    in the settle's own transaction) or a staff correction (an invoice item). Delivered
+    after commit and by `manage.py send_meter_events`; what Stripe refuses for good is
+    parked for staff, never dropped."""
+
+    class Kind(models.TextChoices):
+        METER_EVENT = "meter_event", "meter event"
+        INVOICE_ITEM = "invoice_item", "invoice item"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        PARKED = "parked"
+
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="stripe_outbox"
+    )
+    # One row per settled generation (the settle's INSERT ... ON CONFLICT relies on it).
+    generation_id = models.UUIDField(unique=True, null=True, blank=True)
+    correction = models.OneToOneField(
+        Correction, null=True, blank=True, on_delete=models.PROTECT, related_name="stripe_item"
+    )
+    amount = models.DecimalField(**MONEY)  # USD: the charge, or the correction
+    occurred_at = models.DateTimeField()  # a meter event's timestamp: when it settled
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    last_error = models.TextField(blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    stripe_id = models.CharField(max_length=255, blank=True)  # an invoice item's id
+    created_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "Stripe outbox item"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="stripe_outbox_due",
+                condition=models.Q(status="pending"),
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} {self.identifier}"
+
+    @property
+    def identifier(self) -> str:
+        """Stripe's identifier and Idempotency-Key for this item: stable across retries."""
+        if self.generation_id:
+            return str(self.generation_id)
+        return f"chatusage-correction-{self.correction_id}"

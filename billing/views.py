@@ -3,17 +3,24 @@ printable page, JSON or CSV. Every lookup is the user's own: anyone else's is 40
 
 import csv
 import io
+import logging
 
+import stripe
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
 
+from billing import stripe_api
 from billing.models import Statement
 from billing.statements import lines_of
 from usage import reports
 from usage.cycles import cycle_for
 from usage.pricing import usd_text
+
+log = logging.getLogger(__name__)
 
 
 def statement_for(user, number: str) -> Statement:
@@ -61,8 +68,31 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "billing/index.html",
-        {"statements": Statement.objects.filter(user=request.user), "open": report},
+        {
+            "statements": Statement.objects.filter(user=request.user),
+            "open": report,
+            "mode": settings.BILLING_MODE,
+            "portal": settings.BILLING_MODE == "metered" and stripe_api.enabled(),
+        },
     )
+
+
+@login_required
+@require_POST
+def portal(request: HttpRequest) -> HttpResponse:
+    """ "Manage billing": a Stripe customer portal session for this user (payment methods,
+    invoices), which returns to /billing/."""
+    if not stripe_api.enabled():
+        raise Http404("Stripe billing is off.")
+    try:
+        url = stripe_api.portal_url(request.user)
+    except stripe.StripeError as error:
+        log.warning("Customer portal for user %s: %s", request.user.pk, stripe_api.describe(error))
+        messages.error(
+            request, "Stripe could not open your billing settings just now. Please try again."
+        )
+        return redirect("billing:index")
+    return redirect(url)
 
 
 CSV_COLUMNS = [

@@ -350,6 +350,37 @@ try:
     )
 except InvalidOperation as exc:
     raise ImproperlyConfigured("BILLING_MARKUP_PERCENT must be a number such as 20.") from exc
+BILLING_MODE = env.str("BILLING_MODE", default="off")
+if BILLING_MODE not in ("off", "metered", "prepaid"):
+    raise ImproperlyConfigured(
+        f"BILLING_MODE must be off, metered or prepaid, not {BILLING_MODE!r}."
+    )
+
+
+def _usd(name: str, default: str) -> Decimal:
+    try:
+        value = Decimal(env.str(name, default=default))
+    except InvalidOperation as exc:
+        raise ImproperlyConfigured(f"{name} must be an amount in USD such as 5.00.") from exc
+    if value < 0:
+        raise ImproperlyConfigured(f"{name} cannot be negative (it is {value}).")
+    return value
+
+
+BILLING_SIGNUP_CREDIT_USD = _usd("BILLING_SIGNUP_CREDIT_USD", "0")
+BILLING_TOPUP_MIN_USD = _usd("BILLING_TOPUP_MIN_USD", "5")
+BILLING_TOPUP_MAX_USD = _usd("BILLING_TOPUP_MAX_USD", "500")
+BILLING_LOW_BALANCE_USD = _usd("BILLING_LOW_BALANCE_USD", "1")
+if BILLING_TOPUP_MIN_USD > BILLING_TOPUP_MAX_USD:
+    raise ImproperlyConfigured("BILLING_TOPUP_MIN_USD cannot be above BILLING_TOPUP_MAX_USD.")
+# Stripe (billing/stripe_api.py): off without a key. STRIPE_API_BASE points the official
+# client at a local Stripe mock.
+STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com").rstrip("/")
+STRIPE_METER_EVENT_NAME = env.str("STRIPE_METER_EVENT_NAME", default="chatusage_usage")
+STRIPE_METER_ID = env.str("STRIPE_METER_ID", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_TIMEOUT = env.float("STRIPE_TIMEOUT", default=10.0)  # seconds, one request
 # How long a PostHog report is cached per (user, cycle), and the refresh throttle.
 USAGE_CACHE_SECONDS = env.int("USAGE_CACHE_SECONDS", default=300)
 USAGE_REFRESH_SECONDS = env.int("USAGE_REFRESH_SECONDS", default=60)

@@ -73,6 +73,7 @@ class UsageAccountInline(admin.StackedInline):
         "billing_anchor",
         "alert_thresholds",
         "email_verified",
+        "stripe_customer_id",
     ]
     verbose_name = verbose_name_plural = "Usage limits and billing"
 

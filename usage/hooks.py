@@ -4,3 +4,10 @@ when they load (their AppConfig.ready)."""
 # Called by `manage.py reconcile_usage` after its own comparison; each returns lines that
 # describe a difference (an empty list when all agree). Billing checks its statements.
 reconcile_checks: list = []
+
+# Outboxes written in settle()'s own transaction (usage/limits.py), so what they record
+# commits with the ledger row or not at all. Each has statements(generation_id, fields):
+# the (sql, params) to run after the row is settled (an empty list when it has nothing to
+# write; then settle() opens no transaction for it), and committed(): called after that
+# transaction committed. Billing's meter-event outbox is one.
+settle_outboxes: list = []

@@ -24,7 +24,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from usage import alerts, budget, sql
+from usage import alerts, budget, hooks, sql
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.models import Generation, UsageAccount
 from usage.pricing import COST_QUANTUM, Price, TokenUsage, charge_for, price_for, usd_text
@@ -413,6 +413,11 @@ def refusal(
     return None
 
 
+def _after_commit(outboxes) -> None:
+    for outbox, _ in outboxes:
+        transaction.on_commit(outbox.committed)
+
+
 def settle(
     reservation: Reservation,
     usage: TokenUsage | None = None,
@@ -489,25 +494,37 @@ def settle(
         local_day(reservation.reserved_at),
         fields,
     )
+    # What other apps record with the settle (billing's meter events), in its transaction.
+    outboxes = [
+        (outbox, writes)
+        for outbox in hooks.settle_outboxes
+        if (writes := outbox.statements(reservation.generation_id, fields))
+    ]
+    written = [statement for _, writes in outboxes for statement in writes]
     if watch:
         # Alerts need this user's settles in a row: the lock makes each one read the spend
         # every earlier settle committed, so exactly one of them crosses each threshold.
         # Lock, settle and read go out together: one round trip, then the commit.
         with transaction.atomic(savepoint=False):
-            account_rows, *settled, spend_rows = sql.batch(
+            account_rows, *results, spend_rows = sql.batch(
                 sql.lock_account(user_id),
                 *statements,
+                *written,
                 _recent_spend(user_id, now),
             )
-            won = bool(settled[-1])
+            won = bool(results[len(statements) - 1])
+            _after_commit(outboxes)
             if won and account_rows:
                 account, spend, _ = _standing(user_id, now, account_rows[0], spend_rows)
                 alerts.after_settle(account, spend.cycle, spend.settled_cost, fields["charge"])
     else:
-        # PostgreSQL settles in one statement; SQLite's two need a transaction.
-        with nullcontext() if sql.postgres() else transaction.atomic(savepoint=False):
-            *_, settled = sql.batch(*statements)
-        won = bool(settled)
+        # PostgreSQL settles in one statement; SQLite's two, or an outbox's, need a
+        # transaction.
+        alone = sql.postgres() and not written
+        with nullcontext() if alone else transaction.atomic(savepoint=False):
+            results = sql.batch(*statements, *written)
+            _after_commit(outboxes)
+        won = bool(results[len(statements) - 1])
     if not won:  # settled before (a retry, or expiry raced us): report what the row holds
         return Settlement.of(Generation.objects.get(pk=reservation.generation_id))
     return Settlement(

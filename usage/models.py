@@ -84,6 +84,12 @@ class UsageAccount(models.Model):
         default=True,
         help_text="A sign-up whose address is not yet confirmed has no budget (it cannot chat).",
     )
+    stripe_customer_id = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Stripe's customer (cus_...): created on first need when Stripe billing is "
+        "on, or pasted here.",
+    )
 
     objects = UsageAccountManager()
 

@@ -101,6 +101,7 @@ ACCOUNT_FIELDS = [
     "alert_thresholds",
     "blocked",
     "email_verified",
+    "stripe_customer_id",
 ]
 
 
