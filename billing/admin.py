@@ -1,13 +1,21 @@
 """Statements for staff: read-only, as they were closed."""
 
+from decimal import Decimal
+
+from django import forms
 from django.contrib import admin
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.http import HttpResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
-from billing import meters
-from billing.models import Correction, Statement, StatementLine, StripeOutbox
+from billing import credits, meters
+from billing.models import Correction, CreditGrant, Statement, StatementLine, StripeOutbox
 from billing.statements import statements_csv
 from usage.admin import ReadOnlyAdmin
+from usage.admin import UserAdmin as UsageUserAdmin
+from usage.templatetags.money import usd
 
 
 class LineInline(admin.TabularInline):
@@ -95,3 +103,107 @@ class StripeOutboxAdmin(ReadOnlyAdmin):
         count = meters.retry_parked(queryset)
         transaction.on_commit(meters.kick)
         self.message_user(request, f"{count} parked item(s) will be sent again.")
+
+
+class CreditGrantForm(forms.ModelForm):
+    """Staff grant credit (optionally expiring: promotional) or take it back, with a
+    reason; the amount is entered positive either way."""
+
+    kind = forms.ChoiceField(
+        choices=[
+            (CreditGrant.Kind.GRANT, "Grant credit"),
+            (CreditGrant.Kind.TAKE_BACK, "Take back credit"),
+        ]
+    )
+    amount = forms.DecimalField(min_value=Decimal("0.01"), max_digits=12, decimal_places=2)
+    reason = forms.CharField(max_length=200)
+
+    class Meta:
+        model = CreditGrant
+        fields = ["user", "kind", "amount", "reason", "expires_on"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("kind") == CreditGrant.Kind.TAKE_BACK and cleaned.get("expires_on"):
+            self.add_error("expires_on", "Only granted credit can expire.")
+        return cleaned
+
+
+class ExpiringFilter(admin.SimpleListFilter):
+    title = "expiry"
+    parameter_name = "expiring"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Expiring (promotional)"), ("no", "Never expires")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(expires_on__isnull=self.value() == "no")
+        return queryset
+
+
+@admin.register(CreditGrant)
+class CreditGrantAdmin(admin.ModelAdmin):
+    """Prepaid credit in and out. Staff add grants and take-backs here (each written to the
+    user's history); top-ups and refunds arrive from Stripe. Nothing is edited once made."""
+
+    form = CreditGrantForm
+    list_display = ["user", "kind", "amount", "reason", "expires_on", "created_at", "created_by"]
+    list_filter = ["kind", ExpiringFilter, "created_at"]
+    list_select_related = ["user", "created_by"]
+    search_fields = ["user__username", "user__email", "reason", "stripe_object_id"]
+    autocomplete_fields = ["user"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @transaction.atomic
+    def save_model(self, request, obj, form, change):
+        amount = form.cleaned_data["amount"]
+        kind = form.cleaned_data["kind"]
+        made = credits.grant(
+            obj.user,
+            amount if kind == CreditGrant.Kind.GRANT else -amount,
+            kind,
+            form.cleaned_data["reason"],
+            expires_on=form.cleaned_data.get("expires_on"),
+            created_by=request.user,
+        )
+        obj.pk, obj._state.adding = made.pk, False
+        verb = "Granted" if kind == CreditGrant.Kind.GRANT else "Took back"
+        until = f" (expires after {made.expires_on})" if made.expires_on else ""
+        self.log_change(request, obj.user, f"{verb} {amount:.2f} USD credit{until}: {made.reason}")
+
+
+class UserAdmin(UsageUserAdmin):
+    """Prepaid: the credit comes first on a user's page."""
+
+    readonly_fields = ["credit", *UsageUserAdmin.readonly_fields]
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and credits.prepaid():
+            return (("Credit", {"fields": ["credit"]}), *fieldsets)
+        return fieldsets
+
+    @admin.display(description="Balance")
+    def credit(self, obj):
+        balance = credits.balance_for(obj)
+        grants = reverse("admin:billing_creditgrant_changelist") + f"?user__id__exact={obj.pk}"
+        add = reverse("admin:billing_creditgrant_add") + f"?user={obj.pk}"
+        return format_html(
+            "<strong>{}</strong> left, {} held by answers in progress, {} expired. "
+            '<a href="{}">Grants</a> · <a href="{}">Grant or take back credit</a>',
+            usd(balance.left),
+            usd(balance.held),
+            usd(balance.expired),
+            grants,
+            add,
+        )
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), UserAdmin)

@@ -61,6 +61,11 @@ class Statement(Frozen):
     def __str__(self):
         return f"Statement {self.number}"
 
+    def get_absolute_url(self):
+        from django.urls import reverse
+
+        return reverse("billing:statement", args=[self.number])
+
     @property
     def last_day(self):
         """The cycle's last day (cycle_end is the first day of the next one)."""
@@ -174,3 +179,55 @@ class StripeOutbox(models.Model):
         if self.generation_id:
             return str(self.generation_id)
         return f"chatusage-correction-{self.correction_id}"
+
+
+class CreditGrant(models.Model):
+    """Prepaid credit in (a paid top-up, a staff or sign-up grant) or out (a refund, staff
+    taking credit back): the balance is their sum less the charges since the first one.
+    Written once; a Stripe object (a Checkout Session, a refund) is applied once at most."""
+
+    class Kind(models.TextChoices):
+        PURCHASE = "purchase", "top-up"
+        GRANT = "grant", "granted by staff"
+        SIGNUP = "signup", "sign-up credit"
+        REFUND = "refund", "refunded top-up"
+        TAKE_BACK = "take_back", "taken back by staff"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="credit_grants"
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    amount = models.DecimalField(**MONEY)  # USD; negative for refunds and take-backs
+    reason = models.CharField(max_length=200, blank=True)
+    # Promotional credit: spendable through this local day (the billing zone's), then the
+    # rest expires. Empty: never (paid credit never expires).
+    expires_on = models.DateField(null=True, blank=True)
+    created_on = models.DateField()  # the local day it was granted: spending counts from it
+    created_at = models.DateTimeField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    # The Checkout Session or refund it applies: unique, so a webhook replayed or retried,
+    # even 20 times at once, grants once.
+    stripe_object_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expires_on__isnull=True) | models.Q(amount__gt=0),
+                name="only_credit_in_expires",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()}: {self.amount} USD for {self.user_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ClosedStatement(f"{self} is recorded: add another grant instead.")
+        super().save(*args, **kwargs)

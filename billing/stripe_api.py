@@ -107,3 +107,30 @@ def portal_url(user) -> str:
         params={"customer": customer_id(user.pk), "return_url": f"{settings.SITE_URL}/billing/"}
     )
     return session.url
+
+
+def checkout_url(user, amount: Decimal) -> str:
+    """A Stripe Checkout Session that sells `amount` USD of credit to the user: its url.
+    Nothing is credited here or on the way back: only the signed webhook grants credit."""
+    back = f"{settings.SITE_URL}/billing/"
+    session = client().v1.checkout.sessions.create(
+        params={
+            "mode": "payment",
+            "customer": customer_id(user.pk),
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": CURRENCY,
+                        "unit_amount": cents(amount),
+                        "product_data": {"name": f"chatusage credit (${amount:.2f})"},
+                    },
+                }
+            ],
+            "client_reference_id": str(user.pk),
+            "metadata": {"chatusage_user_id": str(user.pk)},
+            "success_url": f"{back}?top_up=paid",
+            "cancel_url": f"{back}?top_up=cancelled",
+        }
+    )
+    return session.url

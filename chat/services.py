@@ -144,6 +144,8 @@ def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
         return ChatError(
             "conversation_too_long", detail, **extra, new_chat_usd=usd_text(exc.new_chat)
         )
+    if isinstance(exc, limits.UsageLimitReached) and exc.reason == "credits":
+        return ChatError("insufficient_credits", detail, **extra, **exc.as_dict())
     if isinstance(exc, limits.UsageLimitReached):
         return ChatError(
             "usage_limit_reached", detail, retry_after=exc.retry_after, **extra, **exc.as_dict()

@@ -12,6 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, Stream
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
+from billing import credits
 from chat import services
 from chat.models import Conversation
 from chatusage import ratelimit
@@ -48,6 +49,7 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
         {
             "account": account,
             "budget": services.budget_view(request.user, account),
+            "credit": credits.balance_for(request.user) if credits.prepaid() else None,
             "estimate": services.estimate_basis(conversation),
             "alert_banner": alerts.banner_alerts(request.user, cycle_for(account)),
             "conversation": conversation,

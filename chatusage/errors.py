@@ -33,7 +33,8 @@ CATALOGUE: dict[str, Entry] = {
     "method_not_allowed": Entry(405, "{detail}"),
     "body_timeout": Entry(408, "The request body did not arrive in time."),
     "body_too_large": Entry(413, "The request body is too large."),
-    # The account and its money (403, 429)
+    # The account and its money (402, 403, 429)
+    "insufficient_credits": Entry(402, "{detail}"),
     "email_not_verified": Entry(403, "{detail}"),
     "account_blocked": Entry(403, "{detail}"),
     "usage_limit_reached": Entry(429, "{detail}"),

@@ -11,3 +11,9 @@ reconcile_checks: list = []
 # write; then settle() opens no transaction for it), and committed(): called after that
 # transaction committed. Billing's meter-event outbox is one.
 settle_outboxes: list = []
+
+# Limits beside the budget, checked in reserve()'s locked transaction (usage/limits.py).
+# Each has statements(user_id): reads to run after the account is locked (an empty list
+# when it does not apply), and refusal(rows, spend, worst_case, now): the exception that
+# refuses the call (a UsageLimitReached), or None. Billing's prepaid credit is one.
+reserve_limits: list = []

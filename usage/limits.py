@@ -129,49 +129,60 @@ class Spend:
         return max(self.settled_cost - self.budget, Decimal(0)) if self.budget else Decimal(0)
 
 
+def _limit_message(reason: str, spend, worst_case: Decimal, new_chat) -> str:
+    """What a refusal for one of the budget rules says."""
+    resets = spend.cycle.end_date.isoformat()
+    if reason == "blocked":
+        message = "Chat is paused for this account. Please contact the site's staff."
+    elif reason == "unverified":
+        message = (
+            "Confirm your email address to start chatting: open the link we sent you "
+            "(or ask for a new one on the chat page)."
+        )
+    elif reason == "conversation":
+        left = max(spend.budget - spend.settled_cost - spend.pending_cost, Decimal(0))
+        message = (
+            f"This conversation is too long for what is left of your budget: its next "
+            f"message could cost up to ${worst_case:.4f} and ${left:.4f} is left this "
+            f"cycle. A new chat costs at most ${new_chat:.4f} for the same message."
+        )
+    elif reason == "budget":
+        message = (
+            f"Usage limit reached: this message could cost up to ${worst_case:.4f} and "
+            f"you have spent ${spend.settled_cost:.4f} of your ${spend.budget:.2f} budget "
+            f"this cycle. It resets on {resets}."
+        )
+    else:
+        # The rule counts the messages being answered too: so does the text.
+        used = spend.settled_messages + spend.pending_messages
+        pending = spend.pending_messages
+        being_answered = f" ({pending} still being answered)" if pending else ""
+        message = (
+            f"Usage limit reached: you have used {used} of your {spend.message_limit} "
+            f"messages this cycle{being_answered}. It resets on {resets}."
+        )
+    return message
+
+
 class UsageLimitReached(Exception):
     """The call's worst case would pass the user's budget or message limit."""
 
     def __init__(
-        self, reason: str, spend: Spend, worst_case: Decimal, new_chat: Decimal | None = None
+        self,
+        reason: str,
+        spend: Spend,
+        worst_case: Decimal,
+        new_chat: Decimal | None = None,
+        message: str = "",
     ):
         # "budget", "conversation" (this conversation's next message does not fit, a new
-        # chat's does), "messages", "unverified" or "blocked"
+        # chat's does), "messages", "unverified" or "blocked"; or a reserve_limits hook's
+        # (usage/hooks.py), with its own message
         self.reason = reason
         self.spend = spend
         self.worst_case = worst_case
         self.new_chat = new_chat  # the most a new chat's first message could cost
-        resets = spend.cycle.end_date.isoformat()
-        if reason == "blocked":
-            message = "Chat is paused for this account. Please contact the site's staff."
-        elif reason == "unverified":
-            message = (
-                "Confirm your email address to start chatting: open the link we sent you "
-                "(or ask for a new one on the chat page)."
-            )
-        elif reason == "conversation":
-            left = max(spend.budget - spend.settled_cost - spend.pending_cost, Decimal(0))
-            message = (
-                f"This conversation is too long for what is left of your budget: its next "
-                f"message could cost up to ${worst_case:.4f} and ${left:.4f} is left this "
-                f"cycle. A new chat costs at most ${new_chat:.4f} for the same message."
-            )
-        elif reason == "budget":
-            message = (
-                f"Usage limit reached: this message could cost up to ${worst_case:.4f} and "
-                f"you have spent ${spend.settled_cost:.4f} of your ${spend.budget:.2f} budget "
-                f"this cycle. It resets on {resets}."
-            )
-        else:
-            # The rule counts the messages being answered too: so does the text.
-            used = spend.settled_messages + spend.pending_messages
-            pending = spend.pending_messages
-            being_answered = f" ({pending} still being answered)" if pending else ""
-            message = (
-                f"Usage limit reached: you have used {used} of your {spend.message_limit} "
-                f"messages this cycle{being_answered}. It resets on {resets}."
-            )
-        super().__init__(message)
+        super().__init__(message or _limit_message(reason, spend, worst_case, new_chat))
 
     @property
     def retry_after(self) -> int:
@@ -296,25 +307,30 @@ def _standing(user_id: int, now: datetime, account_row, spend_rows):
     return account, *_cycle_spend(spend_rows, account, cycle_for(account, now))
 
 
-def _locked_spend(user_id: int, now: datetime, hold=None) -> tuple[UsageAccount, Spend, bool]:
-    """Lock the user's account and read where they stand, then run `hold` (a reservation's
-    insert), all in one round trip on PostgreSQL. Call inside a transaction.
+def _locked_spend(
+    user_id: int, now: datetime, hold=None, reads=()
+) -> tuple[UsageAccount, Spend, bool, list]:
+    """Lock the user's account and read where they stand (and `reads`, statements of the
+    reserve_limits hooks), then run `hold` (a reservation's insert), all in one round trip
+    on PostgreSQL. Call inside a transaction.
 
     The spend is read after the lock is held (its own statement, its own snapshot), so it
     sees every reservation and settle committed before ours, and not `hold`, which comes
-    after it. Returns (account, spend, whether `hold` is in): off the usual path (an account
-    to make, stale reservations to release) it is taken back, and the caller decides again.
+    after it. Returns (account, spend, whether `hold` is in, the rows of `reads`): off the
+    usual path (an account to make, stale reservations to release) `hold` is taken back,
+    and the caller decides again.
     """
     sql.require_transaction("_locked_spend()")
-    account_rows, spend_rows, *_ = sql.batch(
+    account_rows, spend_rows, *results = sql.batch(
         sql.lock_account(user_id),
         _recent_spend(user_id, now),
+        *reads,
         *([hold] if hold else []),
     )
     if account_rows:
         account, spend, stale = _standing(user_id, now, account_rows[0], spend_rows)
         if not stale:
-            return account, spend, hold is not None
+            return account, spend, hold is not None, results[: len(reads)]
     if hold:
         sql.batch(sql.take_back(hold))
     if not account_rows:  # made with the user; one made before accounts existed gets it now
@@ -323,7 +339,7 @@ def _locked_spend(user_id: int, now: datetime, hold=None) -> tuple[UsageAccount,
         UsageAccount.objects.for_user(get_user_model().objects.get(pk=user_id))
     else:  # calls that can no longer be running still hold budget: release it
         expire_stale_reservations(now, user_id=user_id)
-    return _locked_spend(user_id, now)
+    return _locked_spend(user_id, now, reads=reads)
 
 
 def reserve(
@@ -363,8 +379,11 @@ def reserve(
     hold = sql.insert_reservation(reservation, conversation_id, lease_end(now))
     # savepoint=False: inside the caller's transaction (the chat turn's) this adds no
     # round trips; an error rolls that transaction back.
+    # Limits other apps set (billing's prepaid credit): their reads join the locked batch.
+    limits_reads = [(limit, limit.statements(user.pk)) for limit in hooks.reserve_limits]
+    reads = [statement for _, statements in limits_reads for statement in statements]
     with transaction.atomic(savepoint=False):
-        account, spend, held = _locked_spend(user.pk, now, hold)
+        account, spend, held, rows = _locked_spend(user.pk, now, hold, reads)
         new_chat = (
             None
             if new_chat_messages is None
@@ -373,6 +392,10 @@ def reserve(
             )
         )
         refused = refusal(account, spend, reservation.reserved_cost, new_chat)
+        for limit, statements in limits_reads:
+            mine, rows = rows[: len(statements)], rows[len(statements) :]
+            if refused is None and statements:
+                refused = limit.refusal(mine, spend, reservation.reserved_cost, now)
         if refused is None and not held:
             sql.batch(hold)
         elif refused is not None and held:

@@ -131,6 +131,13 @@
 
   // The money line under the title: left, of what, when it resets; amber from 80%.
   const budgetLine = document.getElementById("budget-line");
+  const creditCard = document.getElementById("credit-empty");
+  const DRAFT_KEY = "chatusage-draft";
+  const draft = sessionStorage.getItem(DRAFT_KEY);
+  if (draft && !form.hidden && !prompt.value) {
+    prompt.value = draft;  // refused for credit before the top-up: it is back
+    sessionStorage.removeItem(DRAFT_KEY);
+  }
   function showBudget(budget) {
     if (!budgetLine || !budget || !budget.budget) return;
     // "27 Dec", as the server writes it.
@@ -170,6 +177,7 @@
         // Refused before the call (bad input, limits, rate): nothing was saved, and the
         // same message would be refused again, so no Retry; the text stays to edit.
         error.refused = response.status < 500;
+        error.topUp = data.code === "insufficient_credits";
         throw error;
       }
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -251,6 +259,13 @@
       if (answer) answer.li.remove();
       prompt.value = text;  // never lose what the user wrote
       showError(err.message || "The message could not be sent.");
+      if (err.topUp && creditCard) {
+        // Out of credit: the top-up card replaces the composer, and the message waits
+        // in this tab for the way back from Billing.
+        sessionStorage.setItem(DRAFT_KEY, text);
+        creditCard.hidden = false;
+        form.hidden = true;
+      }
       if (err.refused) {
         mine.li.remove();
         retry.hidden = true;

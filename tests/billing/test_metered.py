@@ -84,7 +84,7 @@ def test_a_settled_answer_is_written_to_the_outbox_once_with_its_charge(alice, s
 def test_failed_and_free_answers_and_billing_off_write_nothing(alice, stripe_on, settings):
     settle(reserve(alice, "gpt-4o-mini", MESSAGES, 500), error="Provider failed")
     settle(reserve(alice, "gpt-4o-mini", MESSAGES, 500), TokenUsage(0, 0, 0))
-    settings.BILLING_MODE = "prepaid"
+    settings.BILLING_MODE = "off"
     answered(alice)
     settings.BILLING_MODE = "metered"
     settings.STRIPE_API_KEY = ""

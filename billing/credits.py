@@ -1,0 +1,193 @@
+"""Prepaid credits (BILLING_MODE=prepaid): a balance that can never be overdrawn.
+
+The balance is the user's grants (paid top-ups, staff and sign-up grants; refunds and
+take-backs are negative) less every charge settled since the first grant's day. Charges
+burn expiring credit first, soonest expiry first; what an expiring grant still holds after
+its last day is gone (shown as "expired" on /billing/). Answers in flight are held at their
+worst case: reserve() (usage/limits.py) reads the balance inside the transaction that locks
+the user's account and records the reservation, through usage.hooks.reserve_limits, so
+however many calls start at once, the held worst cases never add up to more than the
+balance. Only a refund (charge.refunded) can take a balance below zero; chat then stops
+until it is topped up.
+"""
+
+# ruff: noqa: S608 (table names from the models; every value is a parameter)
+
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing.models import CreditGrant
+from usage import sql
+from usage.cycles import local_day
+from usage.limits import UsageLimitReached
+from usage.models import DailyUsage, UsageAccount
+
+GRANTS = CreditGrant._meta.db_table
+GRANTS_SQL = f"SELECT amount, expires_on, created_on FROM {GRANTS} WHERE user_id = %s"
+# The charges of each local day since the first grant (the rollups: one row a day a model).
+CHARGES_SQL = f"""
+SELECT day, SUM(charge) FROM {DailyUsage._meta.db_table}
+ WHERE user_id = %s AND day >= (SELECT MIN(created_on) FROM {GRANTS} WHERE user_id = %s)
+ GROUP BY day ORDER BY day
+"""
+
+
+def prepaid() -> bool:
+    return settings.BILLING_MODE == "prepaid"
+
+
+def _day(value) -> date:
+    return date.fromisoformat(value) if isinstance(value, str) else value
+
+
+def _usd(value) -> Decimal:
+    return Decimal(str(value or 0))
+
+
+@dataclass
+class Balance:
+    """Where a user's credit stands: what is left (settled charges taken off), what
+    answers in flight hold, and what expired unused."""
+
+    left: Decimal = Decimal(0)
+    held: Decimal = Decimal(0)
+    expired: Decimal = Decimal(0)
+    granted: Decimal = Decimal(0)  # every grant in (top-ups included), before spending
+    spent: Decimal = Decimal(0)
+    expiring: list[tuple[date, Decimal]] = field(default_factory=list)  # (last day, left)
+
+    @property
+    def available(self) -> Decimal:
+        """What a new call may hold: the balance less what calls in flight hold."""
+        return self.left - self.held
+
+
+def balance_from(grant_rows, charge_rows, held: Decimal, today: date) -> Balance:
+    """The balance from GRANTS_SQL's and CHARGES_SQL's rows: a day's charges burn the
+    expiring grants still valid that day (soonest expiry first), then the rest."""
+    grants = [(_usd(a), _day(e) if e else None, _day(c)) for a, e, c in grant_rows]
+    pool = sum((a for a, e, _ in grants if e is None), Decimal(0))  # never expires
+    expiring = sorted(([e, c, a] for a, e, c in grants if e is not None), key=lambda g: g[0])
+    balance = Balance(held=held, granted=sum((a for a, _, _ in grants if a > 0), Decimal(0)))
+    for day, charge in charge_rows:
+        day, charge = _day(day), _usd(charge)
+        balance.spent += charge
+        for bucket in expiring:
+            last_day, starts, left = bucket
+            if charge <= 0:
+                break
+            if starts <= day <= last_day and left > 0:
+                burnt = min(left, charge)
+                bucket[2] -= burnt
+                charge -= burnt
+        pool -= charge
+    for last_day, _, left in expiring:
+        if last_day < today:
+            balance.expired += left
+        else:
+            balance.expiring.append((last_day, left))
+            pool += left
+    balance.left = pool
+    return balance
+
+
+def balance_for(user) -> Balance:
+    """The user's balance now, answers in flight included (for pages and JSON)."""
+    from usage.models import Generation
+
+    grant_rows, charge_rows = sql.batch((GRANTS_SQL, [user.pk]), (CHARGES_SQL, [user.pk, user.pk]))
+    held = Generation.objects.filter(user=user, status=Generation.Status.PENDING)
+    held = sum((g.reserved_cost for g in held.only("reserved_cost")), Decimal(0))
+    return balance_from(grant_rows, charge_rows, held, local_day(timezone.now()))
+
+
+class InsufficientCredits(UsageLimitReached):
+    """The call's worst case is more than the credit left (held calls taken off)."""
+
+    def __init__(self, spend, worst_case: Decimal, balance: Balance):
+        self.balance = balance
+        held = f" (${balance.held:.4f} held by answers in progress)" if balance.held else ""
+        super().__init__(
+            "credits",
+            spend,
+            worst_case,
+            message=f"Not enough credit: this message could cost up to ${worst_case:.4f} and "
+            f"your balance is ${balance.left:.4f}{held}. Top up on the Billing page to keep "
+            "chatting.",
+        )
+
+    def as_dict(self) -> dict:
+        from usage.pricing import usd_text
+
+        return {
+            "reason": "credits",
+            "balance_usd": usd_text(self.balance.left),
+            "held_usd": usd_text(self.balance.held),
+            "worst_case_usd": usd_text(self.worst_case),
+        }
+
+
+class CreditLimit:
+    """Registered in usage.hooks.reserve_limits (billing/apps.py): in prepaid mode, the
+    balance read and checked in reserve()'s locked transaction."""
+
+    def statements(self, user_id: int) -> list:
+        if not prepaid():
+            return []
+        return [(GRANTS_SQL, [user_id]), (CHARGES_SQL, [user_id, user_id])]
+
+    def refusal(self, results, spend, worst_case: Decimal, now) -> UsageLimitReached | None:
+        grant_rows, charge_rows = results
+        balance = balance_from(grant_rows, charge_rows, spend.pending_cost, local_day(now))
+        if worst_case > balance.available:
+            return InsufficientCredits(spend, worst_case, balance)
+        return None
+
+
+# --- grants -------------------------------------------------------------------------
+
+
+def grant(user, amount: Decimal, kind: str, reason: str = "", **extra) -> CreditGrant | None:
+    """Record credit in or out. With stripe_object_id: once per Stripe object (None when
+    it was applied before)."""
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            return CreditGrant.objects.create(
+                user=user,
+                amount=amount,
+                kind=kind,
+                reason=reason,
+                created_at=now,
+                created_on=local_day(now),
+                **extra,
+            )
+    except IntegrityError:
+        if (
+            extra.get("stripe_object_id")
+            and CreditGrant.objects.filter(stripe_object_id=extra["stripe_object_id"]).exists()
+        ):
+            return None  # applied before: a replay or a retry
+        raise
+
+
+def signup_credit(user) -> None:
+    """BILLING_SIGNUP_CREDIT_USD for a new user (prepaid mode)."""
+    amount = settings.BILLING_SIGNUP_CREDIT_USD
+    if prepaid() and amount > 0:
+        grant(user, amount, CreditGrant.Kind.SIGNUP, "Welcome credit")
+
+
+def user_for_customer(customer: str | None, metadata) -> int | None:
+    """The user a Stripe object belongs to: by its customer, else its metadata."""
+    if customer:
+        found = UsageAccount.objects.filter(stripe_customer_id=customer).first()
+        if found:
+            return found.user_id
+    user_id = (metadata or {}).get("chatusage_user_id")
+    return int(user_id) if user_id and str(user_id).isdigit() else None

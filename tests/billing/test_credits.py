@@ -1,0 +1,411 @@
+"""Prepaid credits: granted by Stripe's signed webhook (once per Stripe object) or by staff,
+spent by answers, held at their worst case while they run, never overdrawn."""
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from datetime import date, timedelta
+from decimal import Decimal
+from urllib.parse import parse_qs
+
+import pytest
+import responses
+from django.contrib.admin.models import LogEntry
+from django.db import connection, connections
+from django.test import Client
+from django.utils import timezone
+
+from billing import credits
+from billing.credits import InsufficientCredits, balance_from
+from billing.models import CreditGrant
+from tests.helpers import set_budget
+from usage.limits import TokenUsage, reserve, settle
+from usage.models import Generation, UsageAccount
+
+STRIPE = "http://stripe.test"
+SECRET = "whsec_test_secret"
+MESSAGES = [{"role": "user", "content": "Hello!"}]
+
+
+@pytest.fixture
+def prepaid(settings, requests_mock):
+    settings.BILLING_MODE = "prepaid"
+    settings.STRIPE_API_KEY = "sk_test_chatusage"
+    settings.STRIPE_API_BASE = STRIPE
+    settings.STRIPE_WEBHOOK_SECRET = SECRET
+    return requests_mock
+
+
+def signed(payload: dict, secret=SECRET, at=None) -> tuple[bytes, str]:
+    """A webhook body and its Stripe-Signature, made the way Stripe makes them."""
+    body = json.dumps(payload).encode()
+    timestamp = int(at if at is not None else time.time())
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return body, f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def event(kind: str, obj: dict, event_id="evt_1") -> dict:
+    return {"id": event_id, "object": "event", "type": kind, "data": {"object": obj}}
+
+
+def session(user, cents=1000, paid=True, session_id="cs_test_1") -> dict:
+    return {
+        "id": session_id,
+        "object": "checkout.session",
+        "mode": "payment",
+        "currency": "usd",
+        "amount_total": cents,
+        "payment_status": "paid" if paid else "unpaid",
+        "client_reference_id": str(user.pk),
+        "metadata": {"chatusage_user_id": str(user.pk)},
+    }
+
+
+def deliver(payload, secret=SECRET, at=None, client=None):
+    body, signature = signed(payload, secret, at)
+    return (client or Client()).post(
+        "/billing/stripe/webhook/",
+        body,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=signature,
+    )
+
+
+def balance(user) -> Decimal:
+    return credits.balance_for(user).left
+
+
+def given(user, amount, **extra):
+    return credits.grant(user, Decimal(amount), CreditGrant.Kind.GRANT, "test", **extra)
+
+
+# --- the balance ----------------------------------------------------------------------
+
+
+def test_charges_burn_expiring_credit_first_and_what_expires_unused_is_shown():
+    day = date(2026, 11, 1)
+    grants = [
+        ("10", None, day),  # paid: never expires
+        ("3", day + timedelta(days=9), day),  # promotional, through 10 Nov
+        ("2", day + timedelta(days=4), day),  # promotional, through 5 Nov: burnt first
+    ]
+    charges = [(day + timedelta(days=1), "1.5"), (day + timedelta(days=7), "2.25")]
+    on_the_8th = balance_from(grants, charges, Decimal("0.5"), day + timedelta(days=7))
+    # 1.50 from the 5 Nov grant (0.50 of it expires), 2.25 from the 10 Nov one.
+    assert on_the_8th.expired == Decimal("0.5")
+    assert on_the_8th.expiring == [(day + timedelta(days=9), Decimal("0.75"))]
+    assert on_the_8th.left == Decimal("10.75")
+    assert on_the_8th.available == Decimal("10.25")  # 0.50 held by a call in flight
+    later = balance_from(grants, charges, Decimal(0), day + timedelta(days=20))
+    assert (later.left, later.expired) == (Decimal("10"), Decimal("1.25"))
+
+
+def test_without_grants_there_is_no_credit_and_no_call(alice, prepaid, dollar_model):
+    with pytest.raises(InsufficientCredits) as refused:
+        reserve(alice, dollar_model, MESSAGES, 100)
+    assert refused.value.reason == "credits"
+    assert "Top up" in str(refused.value)
+    assert not Generation.objects.exists()
+
+
+def test_a_balance_covers_exactly_what_it_holds(alice, prepaid, dollar_model):
+    given(alice, "2.00")  # two worst cases of $1
+    first = reserve(alice, dollar_model, MESSAGES, 100)
+    reserve(alice, dollar_model, MESSAGES, 100)
+    with pytest.raises(InsufficientCredits) as refused:
+        reserve(alice, dollar_model, MESSAGES, 100)
+    assert refused.value.as_dict()["held_usd"] == "2.000000"
+    settle(first, TokenUsage(0, 0, 40))  # cost $0.40: 0.60 comes back
+    assert balance(alice) == Decimal("1.60")
+    with pytest.raises(InsufficientCredits):
+        reserve(alice, dollar_model, MESSAGES, 100)  # 1.60 - 1.00 held < 1.00
+    reserve(alice, dollar_model, MESSAGES, 50)  # a smaller worst case still fits
+
+
+def test_the_tighter_of_budget_and_credit_refuses(alice, prepaid, dollar_model):
+    given(alice, "50")
+    set_budget(alice, "1.50")
+    reserve(alice, dollar_model, MESSAGES, 100)
+    with pytest.raises(Exception) as refused:
+        reserve(alice, dollar_model, MESSAGES, 100)
+    assert refused.value.reason == "budget"
+
+
+def test_a_chat_refused_for_credit_answers_402_and_shows_the_top_up_card(
+    alice_client, alice, prepaid
+):
+    response = alice_client.post(
+        "/api/chat/", {"prompt": "Hello there"}, content_type="application/json"
+    )
+    assert response.status_code == 402
+    body = response.json()
+    assert body["code"] == "insufficient_credits" and body["balance_usd"] == "0.000000"
+    page = alice_client.get("/").content.decode()
+    assert 'id="credit-empty"' in page and "Top up to keep chatting" in page
+    assert 'id="chat-form" hidden' in page
+    # Without JavaScript the form posts: the page answers 402 and the prompt is kept.
+    plain = alice_client.post("/", {"prompt": "Keep this prompt"})
+    assert plain.status_code == 402
+    assert "Keep this prompt" in plain.content.decode()
+
+
+def test_sign_up_credit_is_granted_once_in_prepaid_mode(settings, django_user_model, prepaid):
+    settings.BILLING_SIGNUP_CREDIT_USD = Decimal("2.50")
+    user = django_user_model.objects.create_user("newbie", "n@example.com", "x")
+    user.save()
+    [grant] = CreditGrant.objects.filter(user=user)
+    assert (grant.kind, grant.amount) == ("signup", Decimal("2.50"))
+    settings.BILLING_MODE = "off"
+    django_user_model.objects.create_user("other", "o@example.com", "x")
+    assert CreditGrant.objects.count() == 1
+
+
+# --- the webhook ----------------------------------------------------------------------
+
+
+def test_a_paid_checkout_grants_its_amount_once(alice, prepaid):
+    paid = event("checkout.session.completed", session(alice, 1250))
+    assert deliver(paid).status_code == 200
+    assert deliver(paid).status_code == 200  # Stripe retries: nothing more
+    again = event("checkout.session.async_payment_succeeded", session(alice, 1250), "evt_2")
+    assert deliver(again).status_code == 200  # the same session: nothing more
+    [grant] = CreditGrant.objects.all()
+    assert (grant.kind, grant.amount, grant.stripe_object_id) == (
+        "purchase",
+        Decimal("12.50"),
+        "cs_test_1",
+    )
+    assert balance(alice) == Decimal("12.50")
+
+
+def test_an_unpaid_checkout_waits_for_async_success(alice, prepaid):
+    pending = session(alice, 2000, paid=False)
+    assert deliver(event("checkout.session.completed", pending)).status_code == 200
+    assert not CreditGrant.objects.exists()
+    succeeded = event("checkout.session.async_payment_succeeded", {**pending}, "evt_2")
+    assert deliver(succeeded).status_code == 200
+    assert balance(alice) == Decimal("20")
+
+
+def test_refunds_take_credit_back_once_and_may_go_below_zero(alice, prepaid, dollar_model):
+    UsageAccount.objects.filter(user=alice).update(stripe_customer_id="cus_alice")
+    deliver(event("checkout.session.completed", session(alice, 500)))
+    settle(reserve(alice, dollar_model, MESSAGES, 100), TokenUsage(0, 0, 100))  # $1 spent
+    charge = {
+        "id": "ch_1",
+        "object": "charge",
+        "customer": "cus_alice",
+        "amount": 500,
+        "amount_refunded": 300,
+        "metadata": {},
+    }
+    assert deliver(event("charge.refunded", charge, "evt_r1")).status_code == 200
+    assert deliver(event("charge.refunded", charge, "evt_r1")).status_code == 200
+    assert balance(alice) == Decimal("1")  # 5 - 1 spent - 3 refunded
+    full = {**charge, "amount_refunded": 500}
+    deliver(event("charge.refunded", full, "evt_r2"))
+    assert balance(alice) == Decimal("-1")  # refunded what was spent: chat stops
+    assert sorted(CreditGrant.objects.filter(kind="refund").values_list("amount", flat=True)) == [
+        Decimal("-3"),
+        Decimal("-2"),
+    ]
+    with pytest.raises(InsufficientCredits):
+        reserve(alice, dollar_model, MESSAGES, 1)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["wrong secret", "no signature", "tampered body", "expired timestamp"],
+)
+def test_a_bad_signature_answers_400_and_writes_nothing(alice, prepaid, how):
+    paid = event("checkout.session.completed", session(alice, 1000))
+    if how == "wrong secret":
+        response = deliver(paid, secret="whsec_other")
+    elif how == "expired timestamp":
+        response = deliver(paid, at=time.time() - 301)  # past Stripe's default 5 minutes
+    else:
+        body, signature = signed(paid)
+        headers = {} if how == "no signature" else {"HTTP_STRIPE_SIGNATURE": signature}
+        if how == "tampered body":
+            body = body.replace(b"1000", b"9000")
+        response = Client().post(
+            "/billing/stripe/webhook/", body, content_type="application/json", **headers
+        )
+    assert response.status_code == 400
+    assert not CreditGrant.objects.exists()
+
+
+def test_unknown_events_are_ignored_with_200(alice, prepaid):
+    response = deliver(event("customer.created", {"id": "cus_1", "object": "customer"}))
+    assert response.status_code == 200
+    assert not CreditGrant.objects.exists()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="SQLite's test database is one")
+@pytest.mark.django_db(transaction=True)
+def test_twenty_concurrent_replays_grant_once(django_user_model, prepaid):
+    user = django_user_model.objects.create_user("payer", "p@example.com", "x")
+    paid = event("checkout.session.completed", session(user, 700))
+    barrier = threading.Barrier(20)
+    statuses = []
+
+    def replay():
+        try:
+            barrier.wait(timeout=30)
+            statuses.append(deliver(paid).status_code)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=replay) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert statuses == [200] * 20
+    assert CreditGrant.objects.filter(user=user).count() == 1
+    assert balance(user) == Decimal("7")
+
+
+# --- top-up, pages, JSON, admin -------------------------------------------------------
+
+
+def test_a_top_up_goes_through_stripe_checkout_and_credits_nothing_on_the_way_back(
+    alice_client, alice, prepaid, settings
+):
+    settings.SITE_URL = "https://chat.example.com"
+    UsageAccount.objects.filter(user=alice).update(stripe_customer_id="cus_alice")
+    prepaid.add(
+        responses.POST,
+        f"{STRIPE}/v1/checkout/sessions",
+        json={"id": "cs_1", "object": "checkout.session", "url": "https://checkout.test/cs_1"},
+    )
+    response = alice_client.post("/billing/top-up/", {"amount": "20"})
+    assert response.status_code == 303 and response["Location"] == "https://checkout.test/cs_1"
+    [call] = prepaid.calls
+    sent = {key: values[0] for key, values in parse_qs(call.request.body).items()}
+    assert sent == {
+        "mode": "payment",
+        "customer": "cus_alice",
+        "line_items[0][quantity]": "1",
+        "line_items[0][price_data][currency]": "usd",
+        "line_items[0][price_data][unit_amount]": "2000",
+        "line_items[0][price_data][product_data][name]": "chatusage credit ($20.00)",
+        "client_reference_id": str(alice.pk),
+        "metadata[chatusage_user_id]": str(alice.pk),
+        "success_url": "https://chat.example.com/billing/?top_up=paid",
+        "cancel_url": "https://chat.example.com/billing/?top_up=cancelled",
+    }
+    back = alice_client.get("/billing/?top_up=paid").content.decode()
+    assert "being confirmed by Stripe" in back
+    assert balance(alice) == 0
+
+
+@pytest.mark.parametrize("amount", ["4.99", "500.01", "ten", "", "12.345", "NaN"])
+def test_a_top_up_out_of_bounds_is_refused_on_the_page(alice_client, prepaid, amount):
+    response = alice_client.post("/billing/top-up/", {"amount": amount})
+    assert response.status_code == 400
+    assert 'id="top-up-error"' in response.content.decode()
+
+
+def test_the_billing_page_and_json_show_balance_holds_and_grants(
+    alice_client, alice, prepaid, dollar_model
+):
+    given(alice, "5", expires_on=timezone.localdate() + timedelta(days=3))
+    deliver(event("checkout.session.completed", session(alice, 1000)))
+    reserve(alice, dollar_model, MESSAGES, 100)  # $1 held
+    page = alice_client.get("/billing/").content.decode()
+    assert "$15.0000" in page and "$1.0000</span> held" in page
+    assert "expires after" in page
+    for preset in ("$5", "$10", "$20", "$50"):
+        assert f">{preset}</button>" in page
+    data = alice_client.get("/api/billing/").json()
+    assert data["mode"] == "prepaid"
+    assert (data["balance_usd"], data["held_usd"]) == ("15.000000", "1.000000")
+    assert {g["kind"] for g in data["grants"]} == {"grant", "purchase"}
+    assert data["statements"] == []
+
+
+def test_the_billing_json_is_the_users_own_and_needs_a_login(alice_client, bob, prepaid):
+    given(bob, "9")
+    assert alice_client.get("/api/billing/").json()["balance_usd"] == "0.000000"
+    assert Client().get("/api/billing/").status_code == 401
+
+
+def test_staff_grant_and_take_back_credit_with_a_reason_in_the_users_history(
+    staff_client, alice, prepaid
+):
+    response = staff_client.post(
+        "/admin/billing/creditgrant/add/",
+        {"user": alice.pk, "kind": "grant", "amount": "3", "reason": "Sorry for the outage"},
+    )
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    staff_client.post(
+        "/admin/billing/creditgrant/add/",
+        {"user": alice.pk, "kind": "take_back", "amount": "1", "reason": "Duplicate grant"},
+    )
+    assert balance(alice) == Decimal("2")
+    history = list(
+        LogEntry.objects.filter(object_id=str(alice.pk)).values_list("change_message", flat=True)
+    )
+    assert "Granted 3.00 USD credit: Sorry for the outage" in history
+    assert "Took back 1.00 USD credit: Duplicate grant" in history
+    page = staff_client.get(f"/admin/auth/user/{alice.pk}/change/").content.decode()
+    assert "$2.0000</strong> left" in page
+    listing = staff_client.get(f"/admin/billing/creditgrant/?user__id__exact={alice.pk}")
+    assert listing.status_code == 200
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL row locks")
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("top_up_midway", [False, True])
+def test_fifty_parallel_calls_never_overdraw_the_balance(
+    django_user_model, prepaid, dollar_model, top_up_midway
+):
+    """A balance covering exactly k worst cases: 50 calls at once give exactly k answers
+    (k + 3 when a $3 top-up lands among them, at most), never below zero."""
+    k = 7
+    user = django_user_model.objects.create_user("racer", "r@example.com", "x")
+    set_budget(user, "0")  # no cycle budget: the credit alone limits
+    given(user, str(k))
+    barrier = threading.Barrier(50 + top_up_midway)
+    outcomes = []
+
+    def call():
+        try:
+            barrier.wait(timeout=30)
+            try:
+                reservation = reserve(user, dollar_model, MESSAGES, 100)
+            except InsufficientCredits:
+                outcomes.append("refused")
+                return
+            assert credits.balance_for(user).available >= 0
+            settle(reservation, TokenUsage(0, 0, 100))  # the worst case, really charged
+            outcomes.append("ok")
+        finally:
+            connections.close_all()
+
+    def top_up():
+        try:
+            barrier.wait(timeout=30)
+            deliver(event("checkout.session.completed", session(user, 300)))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=call) for _ in range(50)]
+    if top_up_midway:
+        threads.append(threading.Thread(target=top_up))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    answered = outcomes.count("ok")
+    assert len(outcomes) == 50
+    final = credits.balance_for(user)
+    assert final.left >= 0 and final.held == 0
+    if top_up_midway:
+        assert k <= answered <= k + 3
+        assert final.left == k + 3 - answered
+    else:
+        assert answered == k and final.left == 0
