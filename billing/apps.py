@@ -17,6 +17,7 @@ class BillingConfig(AppConfig):
         hooks.reconcile_checks.append(reconcile_check)
         hooks.settle_outboxes.append(MeterEventOutbox())
         hooks.reserve_limits.append(credits.CreditLimit())
+        hooks.after_settle.append(credits.low_balance_check)
         post_save.connect(
             _signup_credit, sender=settings.AUTH_USER_MODEL, dispatch_uid="billing-signup"
         )

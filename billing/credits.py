@@ -191,3 +191,38 @@ def user_for_customer(customer: str | None, metadata) -> int | None:
             return found.user_id
     user_id = (metadata or {}).get("chatusage_user_id")
     return int(user_id) if user_id and str(user_id).isdigit() else None
+
+
+def low_balance_check(user_id: int, fields: dict) -> None:
+    """After a charge settled (usage.hooks.after_settle): the low-balance alert (mail,
+    banner, webhook `credits.low_balance`), once each time the balance falls below
+    BILLING_LOW_BALANCE_USD after having been at or above it since the last top-up.
+
+    Reads what has committed, so settles racing each other all see the same end balance:
+    the alert's key (the top-up it follows) makes one of them record it.
+    """
+    from django.db.models import Sum
+
+    from usage import alerts
+    from usage.cycles import cycle_for
+    from usage.models import Alert, Generation
+
+    line = settings.BILLING_LOW_BALANCE_USD
+    if not prepaid() or not line or fields["charge"] <= 0:
+        return
+    last = CreditGrant.objects.filter(user_id=user_id, amount__gt=0).order_by("-created_at").first()
+    if last is None:
+        return
+    balance = balance_for(last.user)
+    if balance.left >= line:
+        return
+    spent_since = Generation.objects.filter(
+        user_id=user_id, status=Generation.Status.OK, settled_at__gte=last.created_at
+    ).aggregate(total=Sum("charge"))["total"] or Decimal(0)
+    if balance.left + Decimal(str(spent_since)) < line:
+        return  # it was already below the line after that top-up
+    account = UsageAccount.objects.get(user_id=user_id)
+    with transaction.atomic():
+        alerts.record(
+            account, cycle_for(account), Alert.Kind.LOW_BALANCE, last.pk, balance.left, line
+        )

@@ -57,7 +57,8 @@ def watches(account: UsageAccount) -> bool:
     return capped or settings.USAGE_STAFF_ALERT_USD is not None
 
 
-def _record(account, cycle, kind, threshold, spent, budget, refused_for="") -> None:
+def record(account, cycle, kind, threshold, spent, budget, refused_for="") -> None:
+    """Record an alert once per (user, cycle, kind, threshold), delivered after commit."""
     now = timezone.now()
     (rows,) = sql.batch(
         sql.record_alert(
@@ -90,10 +91,10 @@ def after_settle(account: UsageAccount, cycle: Cycle, spent: Decimal, added: Dec
         for percent in budget.thresholds_for(account):
             line = cap * percent / 100
             if before < line <= spent:
-                _record(account, cycle, Alert.Kind.THRESHOLD, percent, spent, cap)
+                record(account, cycle, Alert.Kind.THRESHOLD, percent, spent, cap)
     amount = settings.USAGE_STAFF_ALERT_USD
     if amount is not None and before <= amount < spent:
-        _record(account, cycle, Alert.Kind.OVER_AMOUNT, amount, spent, cap)
+        record(account, cycle, Alert.Kind.OVER_AMOUNT, amount, spent, cap)
 
 
 def after_refusal(
@@ -102,7 +103,7 @@ def after_refusal(
     """The first refusal of the cycle for the budget or the message limit (inside
     reserve()'s transaction, which commits it before the refusal is raised)."""
     sql.require_transaction("after_refusal()")
-    _record(
+    record(
         account, cycle, Alert.Kind.LIMIT, Decimal(0), spent, account.effective_budget, refused_for
     )
 
@@ -141,6 +142,9 @@ def payload(alert: Alert) -> dict:
         data["threshold"] = float(alert.threshold)
     if alert.kind == Alert.Kind.OVER_AMOUNT:
         data["amount"] = str(alert.threshold)
+    if alert.kind == Alert.Kind.LOW_BALANCE:  # prepaid credit (billing/credits.py)
+        data["balance_usd"] = usd_text(alert.spent)
+        data["low_balance_usd"] = str(alert.budget)
     return data
 
 
@@ -178,6 +182,7 @@ def _mail_context(alert: Alert) -> dict:
         "resets": resets,
         "zone": tz.key,
         "usage_url": f"{settings.SITE_URL}/usage/",
+        "billing_url": f"{settings.SITE_URL}/billing/",
         "message_limit": alert.user.usage_account.effective_message_limit,
         "admin_url": f"{settings.SITE_URL}/admin/auth/user/{alert.user_id}/change/",
     }
@@ -269,7 +274,8 @@ def banner_alerts(user, cycle: Cycle) -> list[Alert]:
         user=user,
         cycle_start=cycle.start_date,
         dismissed_at__isnull=True,
-        kind__in=[Alert.Kind.THRESHOLD, Alert.Kind.LIMIT],
+        kind__in=[Alert.Kind.THRESHOLD, Alert.Kind.LIMIT, Alert.Kind.LOW_BALANCE],
     )
-    # The most telling one: a refusal, else the highest threshold crossed.
-    return sorted(alerts, key=lambda a: (a.kind != Alert.Kind.LIMIT, -a.threshold))[:1]
+    # The most telling one: a refusal, then low credit, else the highest threshold crossed.
+    order = {Alert.Kind.LIMIT: 0, Alert.Kind.LOW_BALANCE: 1}
+    return sorted(alerts, key=lambda a: (order.get(a.kind, 2), -a.threshold))[:1]

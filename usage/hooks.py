@@ -17,3 +17,7 @@ settle_outboxes: list = []
 # when it does not apply), and refusal(rows, spend, worst_case, now): the exception that
 # refuses the call (a UsageLimitReached), or None. Billing's prepaid credit is one.
 reserve_limits: list = []
+
+# Called once a settle that won has committed, with (user_id, fields): what other apps do
+# after a charge lands (billing's low-balance alert). Off the ledger's transaction.
+after_settle: list = []

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from uuid import UUID, uuid4
 
 from django.conf import settings
@@ -548,6 +549,9 @@ def settle(
             results = sql.batch(*statements, *written)
             _after_commit(outboxes)
         won = bool(results[len(statements) - 1])
+    if won:
+        for callback in hooks.after_settle:
+            transaction.on_commit(partial(callback, user_id, fields))
     if not won:  # settled before (a retry, or expiry raced us): report what the row holds
         return Settlement.of(Generation.objects.get(pk=reservation.generation_id))
     return Settlement(

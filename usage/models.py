@@ -261,6 +261,9 @@ class Alert(models.Model):
         THRESHOLD = "usage.threshold_crossed", "Threshold crossed"
         LIMIT = "usage.limit_reached", "Limit reached"
         OVER_AMOUNT = "usage.user_over_amount", "User over the staff amount"
+        # Prepaid: the credit balance fell below BILLING_LOW_BALANCE_USD (spent: the balance,
+        # budget: that line, threshold: the top-up it follows, so once per top-up).
+        LOW_BALANCE = "credits.low_balance", "Low credit balance"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(

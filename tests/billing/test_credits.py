@@ -409,3 +409,50 @@ def test_fifty_parallel_calls_never_overdraw_the_balance(
         assert final.left == k + 3 - answered
     else:
         assert answered == k and final.left == 0
+
+
+def test_a_low_balance_alerts_once_each_time_it_falls_below_the_line(
+    alice,
+    alice_client,
+    prepaid,
+    dollar_model,
+    monkeypatch,
+    settings,
+    mailoutbox,
+    django_capture_on_commit_callbacks,
+):
+    from usage import alerts
+    from usage.models import Alert
+
+    monkeypatch.setattr(alerts, "dispatch", lambda alert_id: None)  # delivered below
+    settings.BILLING_LOW_BALANCE_USD = Decimal("1")
+    set_budget(alice, "0")
+    given(alice, "3")
+
+    def spend(output_tokens):
+        with django_capture_on_commit_callbacks(execute=True):
+            reservation = reserve(alice, dollar_model, MESSAGES, output_tokens)
+            settle(reservation, TokenUsage(0, 0, output_tokens))
+
+    spend(100)
+    spend(100)  # $1 left: not below the line
+    assert not Alert.objects.exists()
+    spend(50)  # $0.50
+    spend(10)  # $0.40: still below, no second alert
+    [alert] = Alert.objects.all()
+    assert alert.kind == "credits.low_balance" and alert.spent == Decimal("0.4") or Decimal("0.5")
+    alerts.deliver(alert)
+    [mail] = mailoutbox
+    assert "credit is running low" in mail.subject
+    assert "/billing/" in mail.body
+    assert alerts.payload(alert)["type"] == "credits.low_balance"
+    assert "Your credit is running low" in alice_client.get("/").content.decode()
+
+    deliver(event("checkout.session.completed", session(alice, 500)))  # back above the line
+    spend(100)
+    spend(100)
+    spend(100)
+    spend(100)  # $1.40
+    assert Alert.objects.count() == 1
+    spend(50)  # $0.90: below again, after a top-up
+    assert Alert.objects.count() == 2

@@ -383,3 +383,55 @@ if __name__ == "__main__":
     print(server.url, flush=True)
     sys.stdin.read()
     server.stop()
+
+
+class _StripeHandler(_Quiet):
+    def do_POST(self):
+        from urllib.parse import parse_qs
+
+        owner: FakeStripe = self.owner
+        form = {k: v[0] for k, v in parse_qs(self._body().decode()).items()}
+        path = self.path.split("?")[0]
+        with owner.lock:
+            owner.requests.append((path, dict(self.headers), form))
+            number = len(owner.requests)
+        if path == "/v1/customers":
+            body = {"id": f"cus_e2e_{form['metadata[chatusage_user_id]']}", "object": "customer"}
+        elif path == "/v1/billing/meter_events":
+            if owner.mode == "fail":
+                return self._answer(b'{"error": {"type": "api_error"}}', status=500)
+            if owner.mode == "hang":
+                with owner.lock:
+                    owner.hanging += 1
+                owner.release.wait(timeout=120)
+            with owner.lock:
+                owner.meter_events.append(form)
+            body = {"object": "billing.meter_event", "identifier": form["identifier"]}
+        elif path == "/v1/checkout/sessions":
+            session = f"cs_e2e_{number}"
+            with owner.lock:
+                owner.sessions[session] = form
+            body = {
+                "id": session,
+                "object": "checkout.session",
+                "url": f"{owner.url}/pay/{session}",
+            }
+        else:
+            return self._answer(b'{"error": {"type": "invalid_request_error"}}', status=404)
+        self._answer(json.dumps(body).encode())
+
+
+class FakeStripe(_Server):
+    """Stripe's API on the loopback, as much of it as chatusage calls: customers, meter
+    events (accepted, failing with 500, or hanging until release is set), Checkout
+    Sessions. Records every request (path, headers, form)."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, dict, dict]] = []
+        self.meter_events: list[dict] = []
+        self.sessions: dict[str, dict] = {}
+        self.mode = "ok"
+        self.hanging = 0
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        super().__init__(_StripeHandler)
