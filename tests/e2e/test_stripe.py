@@ -111,9 +111,7 @@ def test_stripe_failing_for_a_while_loses_and_duplicates_nothing(stripe_app):
         60,
     )
     app.stripe.mode = "ok"
-    app.sql(
-        "UPDATE billing_stripeoutbox SET next_attempt_at = now() WHERE status = 'pending' RETURNING id"
-    )
+    due_now(app)
     output = manage(app.env, "send_meter_events")
     assert "Sent 10," in output
     manage(app.env, "send_meter_events")  # again: nothing more
@@ -137,9 +135,7 @@ def test_chat_is_not_held_up_while_stripe_hangs(stripe_app):
     finally:
         app.stripe.mode = "ok"
         app.stripe.release.set()
-    app.sql(
-        "UPDATE billing_stripeoutbox SET next_attempt_at = now() WHERE status = 'pending' RETURNING id"
-    )
+    due_now(app)
     manage(app.env, "send_meter_events")
     assert wait_for(
         lambda: (
