@@ -26,6 +26,7 @@ from usage import sql
 from usage.cycles import local_day
 from usage.limits import UsageLimitReached
 from usage.models import DailyUsage, UsageAccount
+from usage.templatetags.money import usd
 
 GRANTS = CreditGrant._meta.db_table
 GRANTS_SQL = f"SELECT amount, expires_on, created_on FROM {GRANTS} WHERE user_id = %s"
@@ -111,13 +112,13 @@ class InsufficientCredits(UsageLimitReached):
 
     def __init__(self, spend, worst_case: Decimal, balance: Balance):
         self.balance = balance
-        held = f" (${balance.held:.4f} held by answers in progress)" if balance.held else ""
+        held = f" ({usd(balance.held)} held by answers in progress)" if balance.held else ""
         super().__init__(
             "credits",
             spend,
             worst_case,
-            message=f"Not enough credit: this message could cost up to ${worst_case:.4f} and "
-            f"your balance is ${balance.left:.4f}{held}. Top up on the Billing page to keep "
+            message=f"Not enough credit: this message could cost up to {usd(worst_case)} and "
+            f"your balance is {usd(balance.left)}{held}. Top up on the Billing page to keep "
             "chatting.",
         )
 

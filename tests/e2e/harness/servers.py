@@ -60,10 +60,16 @@ class _Quiet(BaseHTTPRequestHandler):
     def _body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _answer(self, payload: bytes, status: int = 200, **headers: str) -> None:
+    def _answer(
+        self,
+        payload: bytes,
+        status: int = 200,
+        content_type: str = "application/json",
+        **headers: str,
+    ) -> None:
         """A whole answer with its length: JSON unless said otherwise."""
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         for name, value in headers.items():
             self.send_header(name.replace("_", "-"), value)
@@ -386,6 +392,10 @@ if __name__ == "__main__":
 
 
 class _StripeHandler(_Quiet):
+    def do_GET(self):  # Checkout's payment page, as far as a browser test needs it
+        page = b"<!doctype html><title>Stripe Checkout</title><h1>Pay with Stripe</h1>"
+        self._answer(page, content_type="text/html")
+
     def do_POST(self):
         from urllib.parse import parse_qs
 
