@@ -14,11 +14,11 @@ until it is topped up.
 # ruff: noqa: S608 (table names from the models; every value is a parameter)
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from billing.models import CreditGrant
@@ -227,3 +227,42 @@ def low_balance_check(user_id: int, fields: dict) -> None:
         alerts.record(
             account, cycle_for(account), Alert.Kind.LOW_BALANCE, last.pk, balance.left, line
         )
+
+
+@dataclass(frozen=True)
+class CycleCredit:
+    """Prepaid credit over one closed cycle, for its statement: what came in, what the
+    cycle's answers used (the statement's usage) and the balance at its end, as the grants
+    and the ledger stand."""
+
+    bought: Decimal
+    granted: Decimal
+    taken_back: Decimal  # refunds and staff take-backs (negative or 0)
+    used: Decimal
+    closing_balance: Decimal
+
+
+def cycle_credit(statement) -> CycleCredit:
+    grants = CreditGrant.objects.filter(
+        user_id=statement.user_id, created_on__lt=statement.cycle_end
+    ).values_list("kind", "amount", "expires_on", "created_on")
+    during = [g for g in grants if g[3] >= statement.cycle_start]
+
+    def total(kinds):
+        return sum((a for k, a, _, _ in during if k in kinds), Decimal(0))
+
+    charges = (
+        DailyUsage.objects.filter(user_id=statement.user_id, day__lt=statement.cycle_end)
+        .values_list("day")
+        .annotate(total=models.Sum("charge"))
+        .order_by("day")
+    )
+    last_day = statement.cycle_end - timedelta(days=1)
+    end = balance_from([g[1:] for g in grants], charges, Decimal(0), last_day)
+    return CycleCredit(
+        bought=total({CreditGrant.Kind.PURCHASE}),
+        granted=total({CreditGrant.Kind.GRANT, CreditGrant.Kind.SIGNUP}),
+        taken_back=total({CreditGrant.Kind.REFUND, CreditGrant.Kind.TAKE_BACK}),
+        used=statement.usage_total,
+        closing_balance=end.left,
+    )

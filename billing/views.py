@@ -59,6 +59,18 @@ def as_dict(statement: Statement) -> dict:
         "adjustments_usd": usd_text(statement.adjustments_total),
         "total_usd": usd_text(statement.total),
         "closed_at": statement.closed_at.isoformat(),
+        **({"credit": _credit_dict(statement)} if credits.prepaid() else {}),
+    }
+
+
+def _credit_dict(statement: Statement) -> dict:
+    summary = credits.cycle_credit(statement)
+    return {
+        "bought_usd": usd_text(summary.bought),
+        "granted_usd": usd_text(summary.granted),
+        "taken_back_usd": usd_text(summary.taken_back),
+        "used_usd": usd_text(summary.used),
+        "closing_balance_usd": usd_text(summary.closing_balance),
     }
 
 
@@ -221,4 +233,12 @@ def statement(request: HttpRequest, number: str) -> HttpResponse:
         response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{found.number}.csv"'
         return response
-    return render(request, "billing/statement.html", {"statement": found, "lines": lines_of(found)})
+    return render(
+        request,
+        "billing/statement.html",
+        {
+            "statement": found,
+            "lines": lines_of(found),
+            "credit": credits.cycle_credit(found) if credits.prepaid() else None,
+        },
+    )

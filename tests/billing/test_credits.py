@@ -456,3 +456,41 @@ def test_a_low_balance_alerts_once_each_time_it_falls_below_the_line(
     assert Alert.objects.count() == 1
     spend(50)  # $0.90: below again, after a top-up
     assert Alert.objects.count() == 2
+
+
+def test_a_prepaid_statement_shows_credit_bought_granted_used_and_the_closing_balance(
+    alice, alice_client, prepaid
+):
+    from datetime import datetime
+
+    from billing.statements import close_cycles
+    from usage.models import DailyUsage
+
+    UsageAccount.objects.filter(user=alice).update(billing_anchor=date(2026, 9, 10))
+
+    def granted(kind, amount, day):
+        CreditGrant.objects.create(
+            user=alice,
+            kind=kind,
+            amount=Decimal(amount),
+            created_on=day,
+            created_at=timezone.make_aware(datetime.combine(day, datetime.min.time())),
+        )
+
+    granted("signup", "1", date(2026, 9, 10))
+    granted("purchase", "10", date(2026, 9, 20))
+    granted("purchase", "5", date(2026, 10, 12))  # the next cycle's
+    DailyUsage.objects.create(
+        user=alice, day=date(2026, 9, 25), model="m", generations=2, cost="2.5", charge="2.5"
+    )
+    [statement] = close_cycles(date(2026, 10, 10)).created
+    data = alice_client.get(f"/billing/statements/{statement.number}/?format=json").json()
+    assert data["credit"] == {
+        "bought_usd": "10.000000",
+        "granted_usd": "1.000000",
+        "taken_back_usd": "0.000000",
+        "used_usd": "2.500000",
+        "closing_balance_usd": "8.500000",
+    }
+    page = alice_client.get(f"/billing/statements/{statement.number}/").content.decode()
+    assert "Balance at the end of the cycle" in page and "$8.5000" in page
