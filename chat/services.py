@@ -98,26 +98,42 @@ def history(conversation: Conversation | None, text: str) -> list[dict]:
 
     Failed prompts are not history (a retry resends its own text as the prompt).
     """
-    kept = []
+    earlier = []
     if conversation is not None:
-        budget = max(settings.CHAT_HISTORY_BYTES - len(text.encode()), 0)
         earlier = (
             conversation.messages.filter(failed=False)
             .order_by("-created_at", "-id")
             .values_list("role", "content")
+            .iterator()
         )
-        for role, content in earlier.iterator():
-            size = len(content.encode())
-            if size > budget:
-                break
-            budget -= size
-            kept.append({"role": role, "content": content})
-        kept.reverse()
+    return _fitted(earlier, text)
+
+
+def _fitted(newest_first, text: str) -> list[dict]:
+    """The messages sent for `text`: the system prompt, then the latest of `newest_first`
+    ((role, content) pairs) that fit in CHAT_HISTORY_BYTES with it, then the prompt."""
+    kept = []
+    budget = max(settings.CHAT_HISTORY_BYTES - len(text.encode()), 0)
+    for role, content in newest_first:
+        size = len(content.encode())
+        if size > budget:
+            break
+        budget -= size
+        kept.append({"role": role, "content": content})
+    kept.reverse()
     return [
         {"role": "system", "content": settings.CHAT_SYSTEM_PROMPT},
         *kept,
         {"role": "user", "content": text},
     ]
+
+
+def next_history(turn: Turn, answer: str) -> list[dict]:
+    """What history() will give the conversation's next message, from the turn in hand:
+    its history and prompt, then this answer (no query)."""
+    earlier = [(m["role"], m["content"]) for m in turn.messages[1:]]
+    earlier.append(("assistant", answer))
+    return _fitted(reversed(earlier), "")
 
 
 def _save_prompt(conversation: Conversation, text: str, generation_id: UUID) -> Message:
@@ -518,7 +534,9 @@ async def _conclude(turn: Turn, stream: llm.Stream | None, error: llm.ProviderEr
         await asyncio.shield(stream.close())
     if stream is not None and stream.result is not None and error is None:
         done = await _deliver(turn, stream.result)
-        return "done", _done_event(done)
+        # The next message's worst case, for the page's estimate (the history grew).
+        estimate = basis_for(next_history(turn, done.message.content))
+        return "done", {**_done_event(done), "estimate": estimate}
     if stream is not None and stream.parts:
         partial = await _deliver(turn, stream.completion(), True, error)
         if error is None:
@@ -604,12 +622,17 @@ def estimate_basis(conversation: Conversation | None) -> dict | None:
     """What the page needs to show a message's worst case while it is typed, computed as
     reserve() computes it: input bound = history bound + the prompt's UTF-8 bytes, priced,
     times (1 + markup / 100), rounded half-up to 6 places."""
+    return basis_for(history(conversation, ""))
+
+
+def basis_for(messages: list[dict]) -> dict | None:
+    """estimate_basis() for the messages a next prompt would be sent with."""
     model = llm.current_provider().model
     try:
         price = price_for(model)
     except UnknownModelError:
         return None
-    base = limits.worst_case_input_tokens(history(conversation, ""))
+    base = limits.worst_case_input_tokens(messages)
     return {
         "base_tokens": base,
         "input_price": str(price.input_per_1m / 1_000_000),

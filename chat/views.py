@@ -191,11 +191,18 @@ def rename(request: HttpRequest, conversation_id) -> HttpResponse:
 
 
 @login_required
-@require_POST
+@require_http_methods(["GET", "POST"])
 def delete(request: HttpRequest, conversation_id) -> HttpResponse:
-    """Delete a conversation and its messages. Its generations stay in the ledger: what was
-    spent is history, and the usage page and exports still count it."""
+    """Delete a conversation and its messages, once confirmed: GET asks, POST deletes. Its
+    generations stay in the ledger: what was spent is history, and the usage page and
+    exports still count it."""
     conversation = services.conversation_for(request.user, conversation_id)
+    if request.method == "GET":
+        return render(
+            request,
+            "chat/delete.html",
+            {"conversation": conversation, "messages_count": conversation.messages.count()},
+        )
     conversation.delete()
     messages.success(request, "Conversation deleted. Its costs stay in your usage.")
     return redirect("chat:index")

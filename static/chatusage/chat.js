@@ -11,6 +11,7 @@
   const errorBox = document.getElementById("chat-error");
   const errorText = document.getElementById("chat-error-text");
   const retry = document.getElementById("retry");
+  let following = true;  // the page follows new content (the user has not scrolled up)
 
   function csrfToken() {
     const input = form.querySelector("input[name=csrfmiddlewaretoken]");
@@ -30,7 +31,7 @@
     content.textContent = text;
     li.append(label, content);
     list.append(li);
-    li.scrollIntoView({ block: "end" });
+    if (following) li.scrollIntoView({ block: "end" });
     return { li, label, content };
   }
 
@@ -56,6 +57,59 @@
   }
   addCopyButtons(list);
 
+  // A message that was not answered goes back in the box, before anything typed since.
+  function restore(text) {
+    const typed = prompt.value.trim();
+    prompt.value = typed && typed !== text ? text + "\n\n" + typed : text;
+    showEstimate();
+  }
+  let failedText = "";
+
+  // Follow the newest content while the user has not scrolled up; else offer a way back.
+  const jump = document.getElementById("jump-latest");
+  function atLatest() {
+    const last = list.lastElementChild;
+    if (!last) return true;
+    return last.getBoundingClientRect().bottom <= window.innerHeight - form.offsetHeight + 48;
+  }
+  function showLatest() {
+    const last = list.lastElementChild;
+    if (last) last.scrollIntoView({ block: "end" });
+  }
+  window.addEventListener("scroll", function () {
+    following = atLatest();
+    if (jump) jump.hidden = following;
+  }, { passive: true });
+  if (jump) jump.addEventListener("click", function () {
+    following = true;
+    jump.hidden = true;
+    showLatest();
+  });
+  // The composer's height is kept clear at the end of the conversation, so the newest
+  // message never sits behind it.
+  function keepComposerClear() {
+    document.documentElement.style.setProperty("--composer-height", form.offsetHeight + "px");
+  }
+  if (window.ResizeObserver) new ResizeObserver(keepComposerClear).observe(form);
+  keepComposerClear();
+
+  // Copy a whole answer, as its text.
+  function addCopyAnswer(li) {
+    if (!navigator.clipboard || li.querySelector(".copy-answer")) return;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy-answer secondary small-button";
+    button.textContent = "Copy answer";
+    button.addEventListener("click", function () {
+      navigator.clipboard.writeText(li.querySelector(".content").innerText).then(function () {
+        button.textContent = "Copied";
+        setTimeout(function () { button.textContent = "Copy answer"; }, 1500);
+      });
+    });
+    li.append(button);
+  }
+  list.querySelectorAll(".message-assistant").forEach(addCopyAnswer);
+
   function showError(message) {
     errorText.textContent = message;
     errorBox.hidden = false;
@@ -76,6 +130,13 @@
 
   stop.addEventListener("click", function () {
     if (controller) controller.abort();
+  });
+  // Esc stops an answer while it streams, wherever the focus is.
+  document.addEventListener("keydown", function (event) {
+    if (event.key === "Escape" && !stop.hidden && controller) {
+      event.preventDefault();
+      controller.abort();
+    }
   });
 
   // The conversation opens at its latest message.
@@ -154,6 +215,11 @@
     errorBox.hidden = true;
     setBusy(true);
     const mine = addMessage("user", text);
+    // Sent: the box is free for the next message at once. What is typed meanwhile is
+    // never touched when this answer ends.
+    prompt.value = "";
+    showEstimate();
+    following = true;
     let answer = null;
     let failed = false;
     let partialError = "";
@@ -203,6 +269,7 @@
             if (payload.demo) answer.label.insertAdjacentHTML("beforeend", ' <span class="badge">demo</span>');
           } else if (event === "delta") {
             answer.content.textContent += payload.text;
+            if (following) showLatest();
           } else if (event === "done") {
             answer.li.classList.remove("streaming");
             // The server's rendering (markdown, highlighted, sanitised) replaces the text
@@ -210,7 +277,10 @@
             answer.content.innerHTML = payload.html;
             addCopyButtons(answer.content);
             showAnswerMeta(answer.li, payload.usage);
+            addCopyAnswer(answer.li);
             showBudget(payload.budget);
+            if (payload.estimate) setEstimateBasis(payload.estimate);
+            if (following) showLatest();
             announce.textContent = "Answer complete.";
           } else if (event === "error") {
             if (answer && payload.response) {
@@ -237,8 +307,6 @@
       if (answer && answer.li.classList.contains("streaming")) {
         throw new Error("The connection ended before the answer was complete.");
       }
-      prompt.value = "";
-      showEstimate();
       if (partialError) {
         errorText.textContent = partialError;
         errorBox.hidden = false;
@@ -251,13 +319,13 @@
         note.className = "muted";
         note.textContent = "Stopped. What arrived is kept and billed as an estimate.";
         answer.li.append(note);
-        prompt.value = "";
         announce.textContent = "Answer stopped.";
         return;
       }
       failed = true;
       if (answer) answer.li.remove();
-      prompt.value = text;  // never lose what the user wrote
+      restore(text);  // never lose what the user wrote
+      failedText = text;
       showError(err.message || "The message could not be sent.");
       if (err.topUp && creditCard) {
         // Out of credit: the top-up card replaces the composer, and the message waits
@@ -295,6 +363,16 @@
     estimateLine.textContent = "about " + Math.ceil(bound / 4).toLocaleString("en-US") +
       " tokens in · at most " + money(most, 4) + " for this message";
   }
+  // After each answer the server sends the basis reserve() will use next (the history
+  // grew): the estimate follows it instead of going stale.
+  function setEstimateBasis(basis) {
+    if (!estimateLine) return;
+    estimateLine.dataset.baseTokens = basis.base_tokens;
+    estimateLine.dataset.inputPrice = basis.input_price;
+    estimateLine.dataset.outputCost = basis.output_cost;
+    estimateLine.dataset.markupPercent = basis.markup_percent;
+    showEstimate();
+  }
   prompt.addEventListener("input", showEstimate);
   showEstimate();
 
@@ -314,8 +392,17 @@
   });
   // Retry submits the form (it works without JavaScript too); the failed copy of the
   // prompt makes way for the one the new attempt shows.
-  retry.addEventListener("click", function () {
+  retry.addEventListener("click", function (event) {
     const failedMessages = list.querySelectorAll(".message-user.message-failed");
     if (failedMessages.length) failedMessages[failedMessages.length - 1].remove();
+    if (!failedText || send.disabled) return;
+    // The failed message again, not whatever has been typed since (that stays in the box).
+    event.preventDefault();
+    const text = failedText;
+    failedText = "";
+    const typed = prompt.value.trim();
+    if (typed === text) prompt.value = "";
+    else if (typed.startsWith(text + "\n\n")) prompt.value = typed.slice(text.length + 2);
+    submit(text);
   });
 })();

@@ -9,7 +9,7 @@ import pytest
 
 from chat import demo, llm
 from chat.models import Message
-from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login
+from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login, read_when_free
 from tests.e2e.harness.client import wait_for
 from usage.models import Generation
 
@@ -105,12 +105,15 @@ def test_stop_ends_the_stream_and_settles_what_arrived(page, asgi_server, erin, 
     page.locator("text=Stopped. What arrived is kept").wait_for()
     assert page.is_visible("#send")
     settled = wait_for(
-        lambda: not Generation.objects.filter(user=erin, status="pending").exists(), 60
+        lambda: read_when_free(
+            lambda: not Generation.objects.filter(user=erin, status="pending").exists()
+        ),
+        60,
     )
     assert settled, "the stopped call was never settled"
-    generation = Generation.objects.get(user=erin)
+    generation = read_when_free(lambda: Generation.objects.get(user=erin))
     assert (generation.status, generation.cost_estimated) == ("ok", True)
-    answer = Message.objects.get(role="assistant")
+    answer = read_when_free(lambda: Message.objects.get(role="assistant"))
     assert answer.interrupted and answer.content
     page.reload()
     assert "Interrupted before the end" in page.inner_text(".message-assistant")

@@ -50,3 +50,27 @@ def violations(page, include: list[str] | None = None) -> list[str]:
     """axe's WCAG 2 A/AA violations on the page, or only inside the `include` selectors."""
     page.add_script_tag(path=str(AXE))
     return page.evaluate(RUN, include)
+
+
+def read_when_free(query, seconds=60.0):
+    """Run an ORM read from the test's thread while the in-process server may be writing:
+    on SQLite's shared in-memory test database a write holds a table lock that a read
+    cannot wait out (`database table is locked`), so the read is tried again until it
+    goes through. PostgreSQL never refuses it."""
+    from django.db import OperationalError
+
+    from tests.e2e.harness.client import wait_for
+
+    result = []
+
+    def attempt():
+        try:
+            result.append(query())
+        except OperationalError as error:
+            if "locked" not in str(error):
+                raise
+            return False
+        return True
+
+    assert wait_for(attempt, seconds), "the database stayed locked"
+    return result[0]
