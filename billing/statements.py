@@ -22,20 +22,25 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing.models import Correction, Statement, StatementCounter, StatementLine
-from usage.cycles import Cycle, cycle_containing, first_cycle
+from usage.cycles import Cycle, account_cycle, first_cycle
 from usage.models import DailyUsage, UsageAccount
 
 COUNTER = "statements"
 
 
 def ended_cycles(account: UsageAccount, as_of: date) -> list[Cycle]:
-    """The account's cycles that ended on or before local day `as_of`, oldest first."""
-    anchor_day = account.billing_anchor.day
+    """The account's cycles that ended on or before local day `as_of`, oldest first (one
+    that a staff restart ended early among them)."""
     cycles, cycle = [], first_cycle(account)
     while cycle.end_date <= as_of:
         cycles.append(cycle)
-        cycle = cycle_containing(anchor_day, cycle.end_date, cycle.tz)
+        cycle = account_cycle(account, cycle.end_date, at=_end_of(as_of, cycle.tz))
     return cycles
+
+
+def _end_of(day: date, tz) -> datetime:
+    """A moment on local `day`, for asking which cycles exist as of that day."""
+    return datetime.combine(day, time(12), tzinfo=tz)
 
 
 def _usage(user_id: int, start: date, end: date):

@@ -135,11 +135,21 @@ class UserAdmin(DjangoUserAdmin):
     )
     def reset_anchor(self, request, queryset):
         today = timezone.localdate(timezone.now(), settings.USAGE_TIME_ZONE)
+        restarted = 0
         for account in self._accounts(queryset):
-            account.billing_anchor = today
-            account.save(update_fields=["billing_anchor"])
-            self.log_change(request, account.user, f"Billing anchor reset to {today:%-d %b %Y}.")
-        self.message_user(request, f"A new cycle starts today for {queryset.count()} user(s).")
+            if account.restart_cycle(today):
+                restarted += 1
+                self.log_change(
+                    request,
+                    account.user,
+                    f"Cycle restarted on {today:%-d %b %Y}: the one before ends early, earlier "
+                    "cycles unchanged.",
+                )
+        self.message_user(
+            request,
+            f"A new cycle starts today for {restarted} user(s); their earlier cycles, usage "
+            "and statements are unchanged.",
+        )
 
     @admin.action(description="Raise budget by the amount", permissions=["change_budget"])
     def raise_budget(self, request, queryset):

@@ -76,11 +76,29 @@ def cycle_for(account, at: datetime | None = None) -> Cycle:
     return cycle_containing(account.billing_anchor.day, local_day(at or timezone.now(), tz), tz)
 
 
+def _anchors(account) -> list[tuple[date, date | None]]:
+    """The account's anchors, oldest first: (first day, the next anchor's first day or None
+    for the current one). A staff restart (UsageAccount.restart_cycle) adds one."""
+    from usage.models import PastAnchor
+
+    user_id = getattr(account, "user_id", None)
+    past = PastAnchor.objects.filter(user_id=user_id).values_list("anchor", "ended_on")
+    return [*(past if user_id else []), (account.billing_anchor, None)]
+
+
+def _cycle_under(anchor: date, ends: date | None, day: date, tz: ZoneInfo) -> Cycle:
+    """The cycle containing `day` under one anchor; the last one before a restart ends on
+    the restart's day."""
+    cycle = cycle_containing(anchor.day, day, tz)
+    if ends is not None and cycle.end_date > ends:
+        cycle = Cycle(cycle.start_date, ends, tz)
+    return cycle
+
+
 def first_cycle(account) -> Cycle:
-    """The account's first cycle: the one containing its anchor date (the day it joined)."""
-    return cycle_containing(
-        account.billing_anchor.day, account.billing_anchor, settings.USAGE_TIME_ZONE
-    )
+    """The account's first cycle: the one containing its first anchor (the day it joined)."""
+    anchor, ends = _anchors(account)[0]
+    return _cycle_under(anchor, ends, anchor, settings.USAGE_TIME_ZONE)
 
 
 class NoSuchCycle(ValueError):
@@ -92,22 +110,23 @@ def account_cycle(account, day: date, at: datetime | None = None) -> Cycle:
     current = cycle_for(account, at)
     if day >= current.end_date:
         raise NoSuchCycle("That cycle has not started yet.")
-    first = first_cycle(account)
-    if day < first.start_date:
+    anchors = _anchors(account)
+    if day < anchors[0][0]:
+        first = first_cycle(account)
         raise NoSuchCycle(
             f"Usage starts with the cycle of {first.start_date:%-d %b %Y}; there is none before."
         )
-    return cycle_containing(account.billing_anchor.day, day, current.tz)
+    anchor, ends = [(a, e) for a, e in anchors if a <= day][-1]
+    return _cycle_under(anchor, ends, day, current.tz)
 
 
 def earlier_cycles(account, count: int, at: datetime | None = None) -> list[Cycle]:
     """The current cycle and up to `count - 1` before it, newest first, none before the first."""
-    anchor_day = account.billing_anchor.day
     first = first_cycle(account)
     cycle = cycle_for(account, at)
     cycles = [cycle]
     while len(cycles) < count and cycle.start_date > first.start_date:
-        cycle = cycle.previous(anchor_day)
+        cycle = account_cycle(account, cycle.start_date - timedelta(days=1), at)
         cycles.append(cycle)
     return cycles
 

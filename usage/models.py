@@ -1,6 +1,7 @@
 """The usage ledger: what every generation cost, per user, in Decimal USD."""
 
 import uuid
+from datetime import date
 from decimal import Decimal
 
 from django.conf import settings
@@ -109,6 +110,22 @@ class UsageAccount(models.Model):
 
     def __str__(self):
         return f"Usage account of {self.user}"
+
+    def restart_cycle(self, today: date) -> bool:
+        """Staff's restart: the current cycle ends early today and a new one starts; the
+        cycles before keep their bounds (a PastAnchor remembers them). False when a cycle
+        already starts today."""
+        from django.db import transaction
+
+        if self.billing_anchor == today:
+            return False
+        with transaction.atomic():
+            PastAnchor.objects.create(
+                user_id=self.user_id, anchor=self.billing_anchor, ended_on=today
+            )
+            self.billing_anchor = today
+            self.save(update_fields=["billing_anchor"])
+        return True
 
     @property
     def effective_budget(self) -> Decimal:
@@ -247,6 +264,30 @@ class DailyUsage(models.Model):
 
     def __str__(self):
         return f"{self.user_id} {self.day} {self.model}"
+
+
+class PastAnchor(models.Model):
+    """An anchor an account had before staff restarted its cycle: its cycles ran from
+    `anchor` until `ended_on`, when the restart ended the last of them early. Past cycles
+    never change: they keep their bounds, their usage and their statements."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="past_anchors"
+    )
+    anchor = models.DateField()
+    ended_on = models.DateField()  # the restart's day: the first day of the next anchor
+
+    class Meta:
+        ordering = ["anchor"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "anchor"], name="past_anchor_once"),
+            models.CheckConstraint(
+                condition=models.Q(anchor__lt=models.F("ended_on")), name="past_anchor_ends"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.user_id}: {self.anchor} to {self.ended_on}"
 
 
 class Alert(models.Model):

@@ -1,7 +1,7 @@
 import csv
 import io
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.db import connection
@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.helpers import set_budget, streamed
 from usage.limits import TokenUsage, reserve, settle
-from usage.models import Generation, ModelPrice
+from usage.models import Generation, ModelPrice, UsageAccount
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -199,6 +199,9 @@ def test_support_actions_change_limits_and_are_logged(staff_client, alice, opena
     staff_client.post(changelist, {"action": "raise_budget", "amount": "2.50", **selected})
     alice.usage_account.refresh_from_db()
     assert alice.usage_account.budget_usd == Decimal("7.50")  # the default $5.00 + $2.50
+    UsageAccount.objects.filter(user=alice).update(
+        billing_anchor=timezone.localdate() - timedelta(days=40)
+    )
     staff_client.post(changelist, {"action": "reset_anchor", **selected})
     alice.usage_account.refresh_from_db()
     assert alice.usage_account.billing_anchor == timezone.localdate()
@@ -345,3 +348,47 @@ def test_staff_see_cost_charge_and_margin(staff_client, alice, settings):
         "0.0125000000",
         "20.0000",
     )
+
+
+def test_restarting_a_cycle_ends_it_early_and_keeps_every_earlier_cycle(
+    staff_client, alice, alice_client, monkeypatch
+):
+    """A restart used to re-anchor every past cycle: earlier cycles and their CSVs answered
+    400 and their spend belonged to no cycle. Past cycles never change."""
+    from datetime import date
+
+    from django.utils import timezone as django_timezone
+
+    from billing.models import Statement
+    from billing.statements import close_cycles
+    from usage.models import DailyUsage
+
+    today = date(2026, 11, 27)
+    monkeypatch.setattr(django_timezone, "now", lambda: datetime(2026, 11, 27, 12, tzinfo=UTC))
+    UsageAccount.objects.filter(user=alice).update(billing_anchor=date(2026, 9, 10))
+    for day, charge in [(date(2026, 9, 20), "0.50"), (date(2026, 11, 20), "0.83")]:
+        DailyUsage.objects.create(
+            user=alice, day=day, model="gpt-4o-mini", generations=1, cost=charge, charge=charge
+        )
+    selected = {"_selected_action": [str(alice.pk)], "index": "0", "action": "reset_anchor"}
+    staff_client.post("/admin/auth/user/", selected)
+    account = UsageAccount.objects.get(user=alice)
+    assert account.billing_anchor == today
+
+    page = alice_client.get("/usage/")
+    cycles = [c.start_date for c in page.context["cycles"]]
+    assert cycles == [today, date(2026, 11, 10), date(2026, 10, 10), date(2026, 9, 10)]
+    ended_early = alice_client.get("/api/usage/?cycle=2026-11-10")
+    assert ended_early.status_code == 200
+    assert ended_early.json()["estimatedCost"] == 0.83  # still its own
+    assert ended_early.json()["cycle"]["end"].startswith("2026-11-27")
+    assert alice_client.get("/usage/export.csv?cycle=2026-09-20").status_code == 200
+
+    closed = close_cycles(today).created
+    assert [(s.cycle_start, s.cycle_end, s.total) for s in closed] == [
+        (date(2026, 9, 10), date(2026, 10, 10), Decimal("0.50")),
+        (date(2026, 10, 10), date(2026, 11, 10), Decimal("0")),
+        (date(2026, 11, 10), today, Decimal("0.83")),
+    ]
+    staff_client.post("/admin/auth/user/", selected)  # again the same day: nothing changes
+    assert Statement.objects.count() == 3 and alice.past_anchors.count() == 1

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from billing import stripe_api
 from billing.models import StripeOutbox
-from usage.cycles import cycle_containing
+from usage.cycles import NoSuchCycle, account_cycle
 from usage.models import Generation, UsageAccount
 
 
@@ -31,7 +31,10 @@ class Command(BaseCommand):
         accounts = UsageAccount.objects.exclude(stripe_customer_id="").order_by("user_id")
         differences = checked = 0
         for account in accounts:
-            bounds = cycle_containing(account.billing_anchor.day, cycle)
+            try:
+                bounds = account_cycle(account, cycle)
+            except NoSuchCycle:  # joined after that day, or it has not started for them
+                continue
             # Meter events carry the moment an answer settled: compare by that, not by the
             # local day the call began on.
             settled = Generation.objects.filter(

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from chatusage import analytics
 from usage import hogql, hooks
-from usage.cycles import cycle_containing, cycle_for
+from usage.cycles import NoSuchCycle, account_cycle, cycle_for
 from usage.models import Backfill, Generation, UsageAccount
 from usage.pricing import MILLION
 from usage.reports import GENERATIONS_IN_CYCLE, query_values
@@ -148,9 +148,10 @@ class Command(BaseCommand):
         checked = sent = 0
         settled_before = timezone.now() - INGESTION_LAG
         for account in accounts:
-            user_cycle = (
-                cycle_containing(account.billing_anchor.day, cycle) if cycle else cycle_for(account)
-            )
+            try:
+                user_cycle = account_cycle(account, cycle) if cycle else cycle_for(account)
+            except NoSuchCycle:  # joined after that day, or it has not started for them
+                continue
             found = self._compare(account, user_cycle, tolerance, settled_before)
             checked += found["checked"]
             problems.extend(found["problems"])
