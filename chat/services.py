@@ -26,6 +26,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from chat import llm, spool
+from chat import sql as chat_sql
 from chat.models import Conversation, Message
 from chat.render import markdown_html
 from chatusage.db import step
@@ -272,41 +273,52 @@ class AnswerRecord:
         before the error goes on: what was delivered is billed, and a billed prompt never
         offers Retry."""
 
-        def settle():
-            return limits.settle(
+        def settle(also=()):
+            return limits.settle_with(
                 self.reservation,
                 self.usage,
                 latency_ms=self.latency_ms,
                 http_status=self.http_status,
+                also=also,
             )
 
+        now = timezone.now()
+        values = chat_sql.answer_values(
+            self.conversation_id,
+            self.prompt_id,
+            self.reservation.generation_id,
+            now,
+            content=self.text,
+            interrupted=self.interrupted,
+            error=self.error,
+            finish_reason=self.finish_reason,
+            demo=self.demo,
+        )
+        user_id = self.reservation.user_id
+        # Settle, save the answer and read where the user now stands: one round trip on
+        # PostgreSQL, then the commit.
         try:
             with transaction.atomic():
-                generation = settle()
-                answer = Message.objects.filter(
-                    generation_id=generation.pk, role=Message.Role.ASSISTANT
-                ).first()
-                if answer is None:
-                    Message.objects.filter(pk=self.prompt_id).update(failed=False)
-                    answer = Message.objects.create(
-                        conversation_id=self.conversation_id,
-                        role=Message.Role.ASSISTANT,
-                        content=self.text,
-                        generation_id=generation.pk,
-                        interrupted=self.interrupted,
-                        error=self.error,
-                        finish_reason=self.finish_reason,
-                        demo=self.demo,
+                generation, rows = settle(
+                    (*chat_sql.save_answer(values), *limits.standing_reads(user_id, now))
+                )
+                inserted, _, _, account_rows, spend_rows = rows
+                if inserted:
+                    answer = Message(
+                        id=inserted[0][0],
+                        **{f: values[f] for f in chat_sql.ANSWER_FIELDS},
                     )
-                    Conversation.objects.filter(pk=self.conversation_id).update(
-                        updated_at=timezone.now()
+                else:  # saved before: this is a retry of a save whose commit was lost
+                    answer = Message.objects.get(
+                        generation_id=generation.pk, role=Message.Role.ASSISTANT
                     )
+                spend = limits.standing_from(user_id, now, account_rows, spend_rows)
         except Exception:
             with transaction.atomic():
                 settle()
                 Message.objects.filter(pk=self.prompt_id).update(failed=False)
             raise
-        return generation, answer
+        return generation, answer, spend
 
 
 def _finish(
@@ -316,7 +328,7 @@ def _finish(
     error: llm.ProviderError | None = None,
 ) -> Answer:
     """Settle what was delivered and save it as the answer (cut short when interrupted)."""
-    generation, answer = AnswerRecord.of(turn, completion, interrupted, error).save()
+    generation, answer, spend = AnswerRecord.of(turn, completion, interrupted, error).save()
     return Answer(
         turn.conversation,
         answer,
@@ -332,7 +344,7 @@ def _finish(
             "truncated": answer.finish_reason == "length",
             "latency_ms": generation.latency_ms,
         },
-        budget_view(turn.user).as_dict(),
+        (budget_view_of(spend) if spend else budget_view(turn.user)).as_dict(),
     )
 
 
@@ -600,8 +612,12 @@ class BudgetView:
 def budget_view(user, account: UsageAccount | None = None) -> BudgetView:
     """The user's money this cycle, from the ledger (the same figures reserve() checks)."""
     account = account or UsageAccount.objects.for_user(user)
-    cycle = cycle_for(account)
-    spend = limits.spend_for(account, cycle)
+    return budget_view_of(limits.spend_for(account, cycle_for(account)))
+
+
+def budget_view_of(spend: limits.Spend) -> BudgetView:
+    """budget_view() from a Spend already read (with a settle, say)."""
+    cycle = spend.cycle
     provider = llm.current_provider()
     try:
         least = limits.worst_case(provider.model, history(None, "?"), settings.OPENAI_MAX_TOKENS)

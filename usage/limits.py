@@ -451,6 +451,25 @@ def settle(
     http_status: int | None = None,
 ) -> Settlement:
     """Record what the call really cost and release its reservation. Idempotent.
+    (settle_with() does the work, see there.)"""
+    return settle_with(
+        reservation, usage, error=error, latency_ms=latency_ms, http_status=http_status
+    )[0]
+
+
+def settle_with(
+    reservation: Reservation,
+    usage: TokenUsage | None = None,
+    *,
+    error: str = "",
+    latency_ms: int | None = None,
+    http_status: int | None = None,
+    also: tuple = (),
+) -> tuple[Settlement, list]:
+    """Record what the call really cost and release its reservation. Idempotent.
+
+    `also`: the caller's own statements, run after the settle in the same transaction and
+    the same round trip (the chat saves its answer this way); their rows come back second.
 
     With `error` (or no usage) the call settles as an error at $0. A row that was
     marked abandoned meanwhile is still settled: the real figures win. One conditional
@@ -534,9 +553,11 @@ def settle(
                 sql.lock_account(user_id),
                 *statements,
                 *written,
+                *also,
                 _recent_spend(user_id, now),
             )
             won = bool(results[len(statements) - 1])
+            extra = results[len(statements) + len(written) :]
             _after_commit(outboxes)
             if won and account_rows:
                 account, spend, _ = _standing(user_id, now, account_rows[0], spend_rows)
@@ -544,16 +565,31 @@ def settle(
     else:
         # PostgreSQL settles in one statement; SQLite's two, or an outbox's, need a
         # transaction.
-        alone = sql.postgres() and not written
+        alone = sql.postgres() and not written and not also
         with nullcontext() if alone else transaction.atomic(savepoint=False):
-            results = sql.batch(*statements, *written)
+            results = sql.batch(*statements, *written, *also)
             _after_commit(outboxes)
         won = bool(results[len(statements) - 1])
+        extra = results[len(statements) + len(written) :]
     if won:
         for callback in hooks.after_settle:
             transaction.on_commit(partial(callback, user_id, fields))
     if not won:  # settled before (a retry, or expiry raced us): report what the row holds
-        return Settlement.of(Generation.objects.get(pk=reservation.generation_id))
-    return Settlement(
+        return Settlement.of(Generation.objects.get(pk=reservation.generation_id)), extra
+    settlement = Settlement(
         generation_id=reservation.generation_id, user_id=user_id, model=reservation.model, **fields
     )
+    return settlement, extra
+
+
+def standing_reads(user_id: int, now: datetime) -> list:
+    """Statements that read where a user stands (account and spend), unlocked: for
+    standing_from(), in a batch of the caller's."""
+    return [sql.read_account(user_id), _recent_spend(user_id, now)]
+
+
+def standing_from(user_id: int, now: datetime, account_rows, spend_rows) -> Spend | None:
+    """The current cycle's Spend from standing_reads()'s rows (None without an account)."""
+    if not account_rows:
+        return None
+    return _standing(user_id, now, account_rows[0], spend_rows)[1]

@@ -113,6 +113,11 @@ def lock_account(user_id: int) -> tuple[str, list]:
     return sql, [user_id]
 
 
+def read_account(user_id: int) -> tuple[str, list]:
+    """The user's account row, as lock_account() reads it, without the lock."""
+    return f"SELECT {', '.join(ACCOUNT_FIELDS)} FROM {ACCOUNT} WHERE user_id = %s", [user_id]
+
+
 def account_from(user_id: int, row: tuple) -> UsageAccount:
     values = dict(zip(ACCOUNT_FIELDS, row, strict=True))
     if isinstance(values["billing_anchor"], str):  # SQLite answers text and numbers

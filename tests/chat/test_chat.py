@@ -460,13 +460,15 @@ def test_a_prompt_that_cannot_be_saved_holds_no_budget(alice, openai_mock, monke
 
 def test_an_answer_that_cannot_be_saved_is_still_billed(alice, openai_mock, monkeypatch):
     """Settle and answer share a transaction; if it fails, the call is settled on its own."""
+    from django.db import DatabaseError
+
+    from chat import sql as chat_sql
+
     turn = services._start_turn(alice, "Hello")
-
-    def failing(manager, **fields):
-        raise RuntimeError("the answer could not be written")
-
-    monkeypatch.setattr(type(Message.objects), "create", failing)
-    with pytest.raises(RuntimeError):
+    # The answer's INSERT fails (a constraint), after the settle in the same batch.
+    broken = (f"INSERT INTO {chat_sql.MESSAGE} (role) VALUES (NULL) RETURNING id", [])
+    monkeypatch.setattr(chat_sql, "save_answer", lambda values: [broken])
+    with pytest.raises(DatabaseError):
         async_to_sync(services.answer)(turn)
     generation = Generation.objects.get(pk=turn.reservation.generation_id)
     assert generation.status == "ok" and generation.cost > 0
@@ -546,3 +548,12 @@ def test_each_generation_tells_posthog_its_markup_and_the_user_sees_the_charge(
     assert Decimal(data["usage"]["cost_usd"]) == generation.charge
     [event] = posthog_capture.generations()
     assert event["properties"]["chatusage_markup_percent"] == 25.0
+
+
+def test_the_answer_statement_names_every_column_of_a_message():
+    """chat/sql.py lists a message's columns by hand: a new field must be placed in it."""
+    from chat import sql as chat_sql
+    from chat.models import Message
+
+    columns = {field.column for field in Message._meta.concrete_fields}
+    assert columns == {*chat_sql.ANSWER_FIELDS, "id"}

@@ -355,8 +355,8 @@ def test_saving_the_same_answer_twice_bills_and_shows_it_once(alice, openai_mock
     turn = services._start_turn(alice, "Hello")
     completion = llm.Completion("Hi there.", limits.TokenUsage(20, 0, 5), latency_ms=10)
     record = services.AnswerRecord.of(turn, completion, False, None)
-    first, answer = record.save()
-    second, again = record.save()  # a retry after a commit whose outcome was lost
+    first, answer, _ = record.save()
+    second, again, _ = record.save()  # a retry after a commit whose outcome was lost
     assert answer.pk == again.pk and first.cost == second.cost
     assert Message.objects.filter(role="assistant").count() == 1
     assert DailyUsage.objects.get(user=alice).generations == 1
