@@ -35,6 +35,7 @@ from usage import limits
 from usage.cycles import cycle_for
 from usage.models import Generation, UsageAccount
 from usage.pricing import UnknownModelError, price_for, usd_text
+from usage.sql import batch
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,29 @@ def next_history(turn: Turn, answer: str) -> list[dict]:
     return _fitted(reversed(earlier), "")
 
 
+def _start_conversation(conversation: Conversation, text: str, generation_id: UUID) -> Message:
+    """Save a new conversation and its first message, marked failed until answered."""
+    now = timezone.now()
+    conversation.created_at = conversation.updated_at = now
+    values = {
+        "conversation_id": conversation.pk,
+        "role": Message.Role.USER.value,
+        "content": text,
+        "created_at": now,
+        "generation_id": generation_id,
+        "failed": True,
+        "interrupted": False,
+        "error": "",
+        "finish_reason": "",
+        "demo": False,
+    }
+    _, (row,) = batch(*chat_sql.start_conversation(conversation, values))
+    conversation._state.adding, conversation._state.db = False, "default"
+    prompt = Message(id=row[0], **values)
+    prompt._state.adding, prompt._state.db = False, "default"
+    return prompt
+
+
 def _save_prompt(conversation: Conversation, text: str, generation_id: UUID) -> Message:
     """Save the user's message; a retry of the last, failed prompt reuses it."""
     last = conversation.messages.order_by("-created_at", "-id").first()
@@ -201,8 +225,9 @@ def _start_turn(user, prompt_text, conversation_id=None) -> Turn:
             refused = exc  # raised after the commit, which keeps what reserve() recorded
         else:
             if new_conversation:
-                conversation.save(force_insert=True)
-            prompt = _save_prompt(conversation, text, reservation.generation_id)
+                prompt = _start_conversation(conversation, text, reservation.generation_id)
+            else:
+                prompt = _save_prompt(conversation, text, reservation.generation_id)
     if refused is not None:
         raise _refusal(refused, None if new_conversation else conversation) from refused
     return Turn(user, conversation, prompt, messages, reservation, provider)
@@ -308,6 +333,7 @@ class AnswerRecord:
                         id=inserted[0][0],
                         **{f: values[f] for f in chat_sql.ANSWER_FIELDS},
                     )
+                    answer._state.adding, answer._state.db = False, "default"
                 else:  # saved before: this is a retry of a save whose commit was lost
                     answer = Message.objects.get(
                         generation_id=generation.pk, role=Message.Role.ASSISTANT

@@ -23,6 +23,28 @@ ANSWER_FIELDS = [
     "finish_reason",
     "demo",
 ]
+CONVERSATION_FIELDS = ["id", "user_id", "title", "created_at", "updated_at"]
+INSERT_CONVERSATION = (
+    f"INSERT INTO {CONVERSATION} ({', '.join(CONVERSATION_FIELDS)}) "
+    f"VALUES ({', '.join(['%s'] * len(CONVERSATION_FIELDS))})"
+)
+INSERT_MESSAGE = (
+    f"INSERT INTO {MESSAGE} ({', '.join(ANSWER_FIELDS)}) "
+    f"VALUES ({', '.join(['%s'] * len(ANSWER_FIELDS))}) RETURNING id"
+)
+
+
+def start_conversation(conversation: Conversation, prompt: dict) -> list:
+    """A new conversation and its first prompt (one round trip, in the turn's transaction)."""
+    return [
+        (
+            INSERT_CONVERSATION,
+            sql.params([getattr(conversation, f) for f in CONVERSATION_FIELDS]),
+        ),
+        (INSERT_MESSAGE, sql.params([prompt[f] for f in ANSWER_FIELDS])),
+    ]
+
+
 # The answer, unless this generation has one already (a save run again after a commit whose
 # outcome was lost): RETURNING says whether this one made it.
 INSERT_ANSWER = (

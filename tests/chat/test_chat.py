@@ -448,14 +448,33 @@ def test_a_refused_chat_message_still_records_its_alert(alice_client, alice, ope
 def test_a_prompt_that_cannot_be_saved_holds_no_budget(alice, openai_mock, monkeypatch):
     """Reservation and prompt commit together: a failed save leaves neither behind."""
 
+    from django.db import DatabaseError
+
+    from chat import sql as chat_sql
+
+    # A new conversation: its row goes in, then the prompt's INSERT fails.
+    starting = chat_sql.start_conversation
+    broken_insert = (f"INSERT INTO {chat_sql.MESSAGE} (role) VALUES (NULL) RETURNING id", [])
+    monkeypatch.setattr(
+        chat_sql, "start_conversation", lambda c, values: [starting(c, values)[0], broken_insert]
+    )
+    with pytest.raises(DatabaseError):
+        services._start_turn(alice, "Hello")
+    assert not Generation.objects.exists()
+    assert not Conversation.objects.exists()
+    monkeypatch.undo()
+
+    # An existing conversation.
+    turn = services._start_turn(alice, "Hello")
+    services.limits.settle(turn.reservation, error="not this test's point")
+
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(services, "_save_prompt", broken)
     with pytest.raises(RuntimeError):
-        services._start_turn(alice, "Hello")
-    assert not Generation.objects.exists()
-    assert not Conversation.objects.exists()
+        services._start_turn(alice, "Again", conversation_id=str(turn.conversation.pk))
+    assert Generation.objects.count() == 1
 
 
 def test_an_answer_that_cannot_be_saved_is_still_billed(alice, openai_mock, monkeypatch):
@@ -553,7 +572,9 @@ def test_each_generation_tells_posthog_its_markup_and_the_user_sees_the_charge(
 def test_the_answer_statement_names_every_column_of_a_message():
     """chat/sql.py lists a message's columns by hand: a new field must be placed in it."""
     from chat import sql as chat_sql
-    from chat.models import Message
+    from chat.models import Conversation, Message
 
     columns = {field.column for field in Message._meta.concrete_fields}
     assert columns == {*chat_sql.ANSWER_FIELDS, "id"}
+    conversation = {field.column for field in Conversation._meta.concrete_fields}
+    assert conversation == set(chat_sql.CONVERSATION_FIELDS)
