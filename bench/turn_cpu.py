@@ -4,7 +4,9 @@ Both run as `gunicorn -c gunicorn.conf.py` (2 uvicorn workers) against the same 
 (30 chunks an answer), driven by one asyncio client with 8 turns in flight. The product
 has PostgreSQL, Redis and PostHog capture (to a loopback sink) on. The figure is the
 worker processes' CPU time (user + system, from /proc) over the turns, divided by the
-turns: for streamed and for plain turns, then each as a ratio to the relay's.
+turns: for streamed and for plain turns, then each as a ratio to the relay's, and again
+with metered Stripe billing on (the meter-event outbox, and its sender, against a loopback
+Stripe), as what billing adds to a turn.
 """
 
 import asyncio
@@ -115,12 +117,23 @@ def relay(model_url) -> dict:
         process.wait(timeout=60)
 
 
-def product(model_url) -> dict:
+def product(model_url, billing: str = "") -> dict:
+    """The product's CPU per turn; with `billing`, metered Stripe billing on: every answer
+    written to the meter-event outbox in its settle ("writes"), and also sent to a loopback
+    Stripe by the worker after commit ("sends")."""
     from tests.e2e.harness.launch import fake_model_env, gunicorn_app
-    from tests.e2e.harness.servers import CaptureSink
+    from tests.e2e.harness.servers import CaptureSink, FakeStripe
 
     sink = CaptureSink()
     env = fake_model_env(model_url, POSTHOG_API_KEY="phc_bench", POSTHOG_HOST=sink.url)
+    stripe = FakeStripe() if billing else None
+    if stripe:
+        env |= {
+            "BILLING_MODE": "metered",
+            "STRIPE_API_KEY": "sk_test_bench",
+            "STRIPE_API_BASE": stripe.url,
+            "STRIPE_SEND_AFTER_COMMIT": str(billing == "sends").lower(),
+        }
     try:
         with gunicorn_app(Path(tempfile.mkdtemp()), env, [("cpu", "100000")], proxy=False) as app:
             session = app.login("cpu")
@@ -131,6 +144,8 @@ def product(model_url) -> dict:
             }
     finally:
         sink.stop()
+        if stripe:
+            stripe.stop()
 
 
 def main():
@@ -138,7 +153,11 @@ def main():
         emit(bench="turn_cpu", skipped="PostgreSQL is not answering")
         return
     with server_process("model", str(ANSWER_SECONDS), str(CHUNKS)) as model_url:
-        runs = [(relay(model_url), product(model_url)) for _ in range(3)]  # side by side
+        runs, writes, sends = [], [], []
+        for _ in range(3):  # side by side
+            runs.append((relay(model_url), product(model_url)))
+            writes.append(product(model_url, billing="writes"))
+            sends.append(product(model_url, billing="sends"))
     figures = {}
     for kind in ("streamed", "plain"):
         bare = statistics.median(r[kind]["ms"] for r, _ in runs)
@@ -151,6 +170,13 @@ def main():
             "relay_all_ms": [r[kind]["ms"] for r, _ in runs],
             "ok": [p[kind]["ok"] for _, p in runs],
         }
+        for name, billed in (("outbox_writes", writes), ("outbox_and_sending", sends)):
+            on = statistics.median(b[kind]["ms"] for b in billed)
+            figures[kind] |= {
+                f"metered_{name}_ms": on,
+                f"metered_{name}_added_ms": round(on - ours, 2),
+                f"metered_{name}_all_ms": [b[kind]["ms"] for b in billed],
+            }
     emit(bench="turn_cpu", turns=TURNS, at_once=AT_ONCE, chunks=CHUNKS, **figures)
 
 

@@ -24,12 +24,13 @@ from datetime import timedelta
 import stripe
 from django.conf import settings
 from django.db import connections, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from billing import stripe_api
 from billing.models import Correction, StripeOutbox
 from usage import sql
-from usage.models import Generation
+from usage.models import Generation, UsageAccount
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class MeterEventOutbox:
         return [(METER_EVENT_SQL, sql.params(values))]
 
     def committed(self) -> None:
-        kick()
+        if settings.STRIPE_SEND_AFTER_COMMIT:
+            kick()
 
 
 def record_correction(correction: Correction) -> StripeOutbox | None:
@@ -138,6 +140,7 @@ def _backoff(attempts: int) -> timedelta:
 
 
 def _finish(item: StripeOutbox, status: str, error: str = "") -> str:
+    """Record a try that did not simply succeed (or an invoice item, which has an id)."""
     now = timezone.now()
     item.status = status
     item.last_error = error
@@ -158,10 +161,9 @@ def _already_there(error: stripe.StripeError) -> bool:
     return error.code == "resource_already_exists" or "already exists" in message
 
 
-def send(item: StripeOutbox) -> str:
-    """One try at delivering `item`: its new status (sent, pending for a retry, parked)."""
-    item.attempts += 1
-    StripeOutbox.objects.filter(pk=item.pk).update(attempts=item.attempts)
+def _send(item: StripeOutbox, customers: dict[int, str]) -> str | None:
+    """One try at delivering a claimed `item`: None when Stripe took it (the caller marks
+    such rows sent together), else the status it was left in (pending to retry, parked)."""
     kind = item.kind
     if (
         kind == StripeOutbox.Kind.METER_EVENT
@@ -172,11 +174,13 @@ def send(item: StripeOutbox) -> str:
             StripeOutbox.Status.PARKED,
             "Older than the 35 days Stripe accepts meter events for: bill it with a correction.",
         )
-    try:
-        customer = stripe_api.customer_id(item.user_id)
-    except stripe.StripeError as error:
-        status = StripeOutbox.Status.PENDING if stripe_api.retryable(error) else "parked"
-        return _finish(item, status, f"No Stripe customer: {stripe_api.describe(error)}")
+    customer = customers.get(item.user_id)
+    if customer is None:
+        try:
+            customer = customers[item.user_id] = stripe_api.customer_id(item.user_id)
+        except stripe.StripeError as error:
+            status = StripeOutbox.Status.PENDING if stripe_api.retryable(error) else "parked"
+            return _finish(item, status, f"No Stripe customer: {stripe_api.describe(error)}")
     options = {"idempotency_key": item.identifier}
     try:
         if kind == StripeOutbox.Kind.METER_EVENT:
@@ -208,12 +212,33 @@ def send(item: StripeOutbox) -> str:
                 options=options,
             )
             item.stripe_id = invoice_item.id
+            return _finish(item, StripeOutbox.Status.SENT)
     except stripe.StripeError as error:
         if kind == StripeOutbox.Kind.METER_EVENT and _already_there(error):
-            return _finish(item, StripeOutbox.Status.SENT)
+            return None
         status = StripeOutbox.Status.PENDING if stripe_api.retryable(error) else "parked"
         return _finish(item, status, stripe_api.describe(error))
-    return _finish(item, StripeOutbox.Status.SENT)
+    return None
+
+
+def _claim(base, now) -> list[StripeOutbox]:
+    """Take up to BATCH due rows for a while (one statement each way), counting the try:
+    the background sender and the cron job never send one row at the same moment (if they
+    did, the Idempotency-Key would still make Stripe count it once)."""
+    with transaction.atomic():
+        items = list(
+            base.filter(status=StripeOutbox.Status.PENDING, next_attempt_at__lte=now)
+            .select_related("correction")
+            .select_for_update(skip_locked=True, of=("self",))
+            .order_by("next_attempt_at")[:BATCH]
+        )
+        if items:
+            StripeOutbox.objects.filter(pk__in=[item.pk for item in items]).update(
+                next_attempt_at=now + LEASE, attempts=F("attempts") + 1
+            )
+    for item in items:
+        item.attempts += 1
+    return items
 
 
 def deliver_due(queryset=None) -> dict[str, int]:
@@ -222,28 +247,25 @@ def deliver_due(queryset=None) -> dict[str, int]:
     if not stripe_api.enabled():
         return counts
     base = queryset if queryset is not None else StripeOutbox.objects.all()
-    seen = set()
-    while True:
-        now = timezone.now()
-        due = list(
-            base.filter(status=StripeOutbox.Status.PENDING, next_attempt_at__lte=now)
-            .exclude(pk__in=seen)
-            .order_by("next_attempt_at")
-            .values_list("pk", flat=True)[:BATCH]
+    while items := _claim(base, timezone.now()):
+        customers = dict(
+            UsageAccount.objects.filter(user_id__in={item.user_id for item in items})
+            .exclude(stripe_customer_id="")
+            .values_list("user_id", "stripe_customer_id")
         )
-        if not due:
-            return counts
-        for pk in due:
-            seen.add(pk)
-            # Claim it for a while, so the background sender and the cron job never send
-            # one row at the same moment (if they did, the Idempotency-Key would still make
-            # Stripe count it once).
-            claimed = StripeOutbox.objects.filter(
-                pk=pk, status=StripeOutbox.Status.PENDING, next_attempt_at__lte=now
-            ).update(next_attempt_at=now + LEASE)
-            if claimed:
-                item = StripeOutbox.objects.select_related("correction").get(pk=pk)
-                counts[send(item)] += 1
+        taken = []
+        for item in items:
+            status = _send(item, customers)
+            if status is None:
+                taken.append(item.pk)
+            else:
+                counts[status] += 1
+        # Meter events Stripe took: marked sent together.
+        StripeOutbox.objects.filter(pk__in=taken).update(
+            status=StripeOutbox.Status.SENT, sent_at=timezone.now(), last_error=""
+        )
+        counts["sent"] += len(taken)
+    return counts
 
 
 def retry_parked(queryset) -> int:

@@ -388,6 +388,10 @@ STRIPE_METER_EVENT_NAME = env.str("STRIPE_METER_EVENT_NAME", default="chatusage_
 STRIPE_METER_ID = env.str("STRIPE_METER_ID", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_TIMEOUT = env.float("STRIPE_TIMEOUT", default=10.0)  # seconds, one request
+# Metered: web workers send new meter events after commit, in a background thread. Off when
+# `manage.py send_meter_events --loop` runs as a service of its own, to keep that work (a
+# Stripe request per answer) out of the processes that serve chat.
+STRIPE_SEND_AFTER_COMMIT = env.bool("STRIPE_SEND_AFTER_COMMIT", default=True)
 # How long a PostHog report is cached per (user, cycle), and the refresh throttle.
 USAGE_CACHE_SECONDS = env.int("USAGE_CACHE_SECONDS", default=300)
 USAGE_REFRESH_SECONDS = env.int("USAGE_REFRESH_SECONDS", default=60)
