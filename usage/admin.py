@@ -116,7 +116,16 @@ class UserAdmin(DjangoUserAdmin):
     list_filter = [BudgetFilter, "is_staff", "is_active", "date_joined"]
     search_fields = ["username", "email"]
     list_select_related = ["usage_account"]
-    readonly_fields = ["current_cycle", "recent_generations", "posthog_person"]
+    # Set by Django, not by staff (and their split date/time inputs had no labels); the
+    # plain multiple selects are labelled, where the two-box widget's icons are not.
+    readonly_fields = [
+        "current_cycle",
+        "recent_generations",
+        "posthog_person",
+        "last_login",
+        "date_joined",
+    ]
+    filter_horizontal = ()
     fieldsets = (
         ("This cycle", {"fields": ["current_cycle", "recent_generations", "posthog_person"]}),
         *DjangoUserAdmin.fieldsets,

@@ -95,3 +95,66 @@ def test_the_billing_pages_pass_axe_and_a_statement_prints_alone(
     page.set_viewport_size({"width": 390, "height": 844})  # a phone
     page.emulate_media(media="screen")
     check(page, "statement-phone")
+
+
+def test_the_states_that_matter_pass_axe(scheme_page, live_server, django_user_model):
+    """Banners, notices and cards are where contrast failed in dark mode: draw each."""
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from usage.cycles import cycle_for
+    from usage.models import Alert, UsageAccount
+
+    page = scheme_page
+    warned = django_user_model.objects.create_user("kim", "kim@example.com", PASSWORD)
+    account = UsageAccount.objects.get(user=warned)
+    cycle = cycle_for(account)
+    Alert.objects.create(
+        user=warned,
+        kind=Alert.Kind.THRESHOLD,
+        threshold=Decimal(80),
+        cycle_start=cycle.start_date,
+        cycle_end=cycle.end_date,
+        spent=Decimal("4.10"),
+        budget=Decimal("5.00"),
+        created_at=timezone.now(),
+        next_attempt_at=timezone.now(),
+    )
+    paused = django_user_model.objects.create_user("lou", "lou@example.com", PASSWORD)
+    UsageAccount.objects.filter(user=paused).update(blocked=True)
+    unconfirmed = django_user_model.objects.create_user("max", "max@example.com", PASSWORD)
+    UsageAccount.objects.filter(user=unconfirmed).update(email_verified=False)
+    for name, where in [
+        ("kim", "chat-alert-banner"),
+        ("lou", "chat-blocked"),
+        ("max", "chat-unverified"),
+    ]:
+        page.context.clear_cookies()
+        login(page, live_server.url, name, PASSWORD)
+        page.wait_for_url(f"{live_server.url}/chat/")
+        check(page, where)
+    page.context.clear_cookies()
+    login(page, live_server.url, "kim", PASSWORD)
+    page.wait_for_url(f"{live_server.url}/chat/")
+    page.goto(live_server.url + "/usage/")
+    check(page, "usage-alert-banner")
+
+
+def test_the_admin_pages_this_project_styles_pass_axe(scheme_page, live_server, django_user_model):
+    page = scheme_page
+    django_user_model.objects.create_user(
+        "staffer", "s@example.com", PASSWORD, is_staff=True, is_superuser=True
+    )
+    user = django_user_model.objects.create_user("nia", "nia@example.com", PASSWORD)
+    hold_budget(user, "4.50")  # near the budget: the amber figures
+    page.goto(live_server.url + "/admin/login/")
+    page.fill("input[name=username]", "staffer")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{live_server.url}/admin/")
+    check(page, "admin-index")
+    page.goto(live_server.url + "/admin/auth/user/")
+    check(page, "admin-users")
+    page.goto(f"{live_server.url}/admin/auth/user/{user.pk}/change/")
+    check(page, "admin-user")
