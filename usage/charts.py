@@ -94,8 +94,9 @@ def _frame(peak: Decimal, width: int, days: int) -> _Frame:
     step = nice_step(peak)
     top = step * max(1, math.ceil(peak / step)) if peak else step * 3
     slot = (width - PAD_LEFT - PAD_RIGHT) / max(days, 1)
-    # Labels at least ~44 user units apart: every day wide, fewer when narrow.
-    every = max(1, math.ceil(44 / slot))
+    # Labels ("30 Nov" is about 40 units wide) at least 56 units apart, so they never touch:
+    # every other day or so wide, every fourth or fifth on a phone.
+    every = max(1, math.ceil(56 / slot))
     return _Frame(top, step, HEIGHT - PAD_BOTTOM - PAD_TOP, slot, every)
 
 
@@ -169,6 +170,11 @@ class Pace:
     projected: Decimal  # at the average daily spend so far, by the cycle's end
     last_day: date
     labels: list[tuple[float, str]] = field(default_factory=list)
+    # The day the running total reaches the budget at this pace (None: it does not, or it
+    # has already); and whether the budget is drawn (it is left out, and said, when it is
+    # so far above what was spent that the line would lie flat along the axis).
+    reaches_budget: date | None = None
+    budget_shown: bool = True
 
 
 def pace_chart(daily, today: date | None, budget: Decimal, width: int) -> Pace:
@@ -181,8 +187,16 @@ def pace_chart(daily, today: date | None, budget: Decimal, width: int) -> Pace:
         total += totals.cost
         running.append(total)
     projected = (total / elapsed * len(days)).quantize(Decimal("0.000001"))
-    top_value = max(projected, budget or Decimal(0), total)
+    # Scaled to what is drawn: the budget joins the scale only when the spend comes within
+    # a third of it, so a light user's line is not a flat line along a $5 axis.
+    spent_top = max(projected, total)
+    budget_shown = bool(budget) and budget <= spent_top * 3
+    top_value = max(spent_top, budget if budget_shown else Decimal(0))
     top, step, plot_h, slot, every = _frame(top_value, width, len(days))
+    reaches = None
+    if budget and total < budget < projected:
+        average = total / elapsed
+        reaches = days[min(len(days) - 1, math.ceil(budget / average) - 1)]
 
     def xy(i, value):
         return round(PAD_LEFT + (i + 0.5) * slot, 2), round(
@@ -198,11 +212,13 @@ def pace_chart(daily, today: date | None, budget: Decimal, width: int) -> Pace:
         height=HEIGHT,
         points=points,
         forecast=f"{fx},{fy} {ex},{ey}",
-        budget_y=xy(0, budget)[1] if budget else None,
+        budget_y=xy(0, budget)[1] if budget_shown else None,
         ticks=_ticks(top, step, plot_h),
         baseline=HEIGHT - PAD_BOTTOM,
         plot_left=PAD_LEFT,
         projected=projected,
         last_day=days[-1],
         labels=labels,
+        reaches_budget=reaches,
+        budget_shown=budget_shown,
     )

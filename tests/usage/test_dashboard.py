@@ -436,3 +436,39 @@ def test_the_forecast_carries_the_daily_average_to_the_cycles_end():
     assert [nice_step(Decimal(v)) for v in ("0.07", "0.9", "4.2", "0")] == [
         Decimal("0.05"), Decimal("0.5"), Decimal("2"), Decimal("0.01"),
     ]  # fmt: skip
+
+
+def test_the_forecast_says_when_the_budget_is_reached_and_a_light_user_sees_their_line():
+    from usage.charts import pace_chart
+    from usage.reports import Totals
+
+    days = [date(2026, 11, d) for d in range(1, 31)]
+
+    def spending(per_day):
+        return [(d, Totals(messages=1, cost=Decimal(per_day) if d.day <= 10 else 0)) for d in days]
+
+    heavy = pace_chart(spending("0.25"), date(2026, 11, 10), Decimal("5.00"), 720)
+    assert heavy.reaches_budget == date(2026, 11, 20)  # $2.50 by the 10th: $5 on the 20th
+    assert heavy.budget_shown
+    within = pace_chart(spending("0.10"), date(2026, 11, 10), Decimal("5.00"), 720)
+    assert within.reaches_budget is None and within.budget_shown  # $3 by the end: in sight
+    light = pace_chart(spending("0.001"), date(2026, 11, 10), Decimal("5.00"), 720)
+    assert not light.budget_shown and light.budget_y is None
+    heights = [float(point.split(",")[1]) for point in light.points.split()]
+    assert light.baseline - min(heights) > 20  # the line climbs, not a flat line at $0
+    narrow = pace_chart(spending("0.10"), date(2026, 11, 10), Decimal("5.00"), 360)
+    xs = [x for x, _ in narrow.labels]
+    assert all(b - a > 55.9 for a, b in zip(xs, xs[1:], strict=False))  # labels never touch
+
+
+def test_the_usage_page_says_when_the_budget_runs_out_or_that_chat_is_paused(alice_client, alice):
+    from tests.helpers import settled_today
+    from usage.models import UsageAccount
+
+    UsageAccount.objects.filter(user=alice).update(billing_anchor=NOW.date())  # day one
+    settled_today(alice, "4.00")  # $4 on day one of a 30-day cycle: $5 is reached tomorrow
+    page = alice_client.get("/usage/").content.decode()
+    assert "at this pace you reach your $5.00 budget around 27 Nov" in page
+    settled_today(alice, "1.50", model="gpt-4o")
+    page = alice_client.get("/usage/").content.decode()
+    assert "budget used up: chat is paused until 26 Dec" in page
