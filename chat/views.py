@@ -10,6 +10,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from billing import credits
@@ -19,7 +20,7 @@ from chatusage import ratelimit
 from chatusage.api import api_view, error, error_response, json_body
 from chatusage.db import step
 from usage import alerts
-from usage.cycles import cycle_for
+from usage.cycles import cycle_for, local_day
 from usage.models import UsageAccount
 
 
@@ -42,6 +43,7 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
     if search:
         listed = listed.filter(title__icontains=search)
     conversations = Paginator(listed, CONVERSATIONS_PER_PAGE).get_page(request.GET.get("page"))
+    groups = _by_date(conversations.object_list)
     shown = services.shown_messages(conversation) if conversation else []
     return render(
         request,
@@ -54,6 +56,7 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
             "alert_banner": alerts.banner_alerts(request.user, cycle_for(account)),
             "conversation": conversation,
             "conversations": conversations,
+            "conversation_groups": groups,
             "search": search,
             "chat_messages": shown,
             "prompt": prompt,
@@ -62,6 +65,27 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
         },
         status=status,
     )
+
+
+def _by_date(conversations) -> list[tuple[str, list]]:
+    """Conversations under Today, Yesterday, Previous 7 days, Previous 30 days and Older
+    (by their last message, in the billing zone), newest first, as chat products list them."""
+    today = local_day(timezone.now())
+    groups: dict[str, list] = {}
+    for conversation in conversations:
+        age = (today - local_day(conversation.updated_at)).days
+        if age <= 0:
+            label = "Today"
+        elif age == 1:
+            label = "Yesterday"
+        elif age <= 7:
+            label = "Previous 7 days"
+        elif age <= 30:
+            label = "Previous 30 days"
+        else:
+            label = "Older"
+        groups.setdefault(label, []).append(conversation)
+    return list(groups.items())
 
 
 async def _post_without_js(request, conversation):

@@ -110,6 +110,43 @@
   }
   list.querySelectorAll(".message-assistant").forEach(addCopyAnswer);
 
+  // The last exchange can be asked again: Regenerate sends the last prompt again, Edit puts
+  // it back in the box to change and send. Each is a new turn, billed and shown as one.
+  function lastOf(role) {
+    const all = list.querySelectorAll(".message-" + role);
+    return all.length ? all[all.length - 1] : null;
+  }
+  function offerAgain() {
+    list.querySelectorAll(".regenerate, .edit-prompt").forEach((b) => b.remove());
+    const question = lastOf("user");
+    const reply = lastOf("assistant");
+    if (!question || question.classList.contains("message-failed")) return;
+    const text = question.querySelector(".content").innerText.trim();
+    if (!text) return;
+    const edit = document.createElement("button");
+    edit.type = "button";
+    edit.className = "edit-prompt secondary small-button";
+    edit.textContent = "Edit";
+    edit.setAttribute("aria-label", "Edit this message and send it again");
+    edit.addEventListener("click", function () {
+      prompt.value = text;
+      showEstimate();
+      prompt.focus();
+    });
+    question.append(edit);
+    if (reply && reply.compareDocumentPosition(question) & Node.DOCUMENT_POSITION_PRECEDING) {
+      const again = document.createElement("button");
+      again.type = "button";
+      again.className = "regenerate secondary small-button";
+      again.textContent = "Regenerate";
+      again.setAttribute("aria-label", "Ask the same question again for a new answer");
+      again.addEventListener("click", function () {
+        if (!send.disabled) submit(text);
+      });
+      reply.append(again);
+    }
+  }
+
   function showError(message) {
     errorText.textContent = message;
     errorBox.hidden = false;
@@ -154,18 +191,27 @@
     form.action = url;
     history.replaceState(null, "", url);
     // A new conversation joins the list on the left, as it will after a reload.
-    const nav = document.querySelector(".conversations ul");
+    const nav = document.querySelector(".conversations nav");
     if (nav) {
-      const placeholder = nav.querySelector(".muted");
-      if (placeholder) placeholder.remove();
+      const placeholder = nav.querySelector("li.muted");
+      if (placeholder) placeholder.closest("ul").remove();
       nav.querySelectorAll("a[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
+      // Under "Today", as the page will list it after a reload.
+      let heading = nav.querySelector(".conversation-group");
+      if (!heading || heading.textContent !== "Today") {
+        const today = document.createElement("h2");
+        today.className = "conversation-group";
+        today.textContent = "Today";
+        nav.prepend(today, document.createElement("ul"));
+        heading = today;
+      }
       const li = document.createElement("li");
       const link = document.createElement("a");
       link.href = url;
       link.textContent = name;
       link.setAttribute("aria-current", "page");
       li.append(link);
-      nav.prepend(li);
+      heading.nextElementSibling.prepend(li);
     }
   }
 
@@ -279,6 +325,7 @@
             showAnswerMeta(answer.li, payload.usage);
             addCopyAnswer(answer.li);
             showBudget(payload.budget);
+            offerAgain();
             if (payload.estimate) setEstimateBasis(payload.estimate);
             if (following) showLatest();
             announce.textContent = "Answer complete.";
@@ -375,6 +422,13 @@
   }
   prompt.addEventListener("input", showEstimate);
   showEstimate();
+  offerAgain();
+
+  // On a phone the conversation list is a drawer, closed until asked for.
+  const drawer = document.getElementById("conversation-drawer");
+  if (drawer && window.matchMedia && window.matchMedia("(max-width: 768px)").matches) {
+    drawer.open = false;
+  }
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();

@@ -10,7 +10,7 @@ import pytest
 
 from chat import llm, services
 from chat.models import Conversation, Message
-from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login
+from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login, read_when_free
 from tests.e2e.test_browser_chat import streaming_model
 from usage import limits
 from usage.models import UsageAccount
@@ -215,3 +215,53 @@ def test_the_estimate_follows_the_growing_history(page, asgi_server, ivy, settin
         assert f"at most ${held:.4f} for this message" in after
     finally:
         llm.use_http_client(None)
+
+
+def test_regenerate_and_edit_make_new_turns(page, asgi_server, ivy, settings):
+    from usage.models import Generation
+
+    slow_model(settings, "An answer.", 0)
+    try:
+        login(page, asgi_server, "ivy", PASSWORD)
+        page.fill("#prompt", "What is a ledger?")
+        page.click("#send")
+        page.locator(".message-assistant .answer-meta").wait_for()
+        page.click(".message-assistant .regenerate")
+        page.locator(".message-assistant .answer-meta").nth(1).wait_for()
+        questions = page.locator(".message-user .content").all_inner_texts()
+        assert questions == ["What is a ledger?", "What is a ledger?"]  # shown as a new turn
+        assert page.locator(".regenerate").count() == 1  # only on the last answer
+        page.click(".message-user .edit-prompt")
+        assert page.input_value("#prompt") == "What is a ledger?"
+        page.fill("#prompt", "What is a ledger, briefly?")
+        page.click("#send")
+        page.locator(".message-assistant .answer-meta").nth(2).wait_for()
+        assert read_when_free(lambda: Generation.objects.filter(user=ivy).count()) == 3  # billed
+        page.reload()
+        assert page.locator(".message-user").count() == 3  # as after a reload
+    finally:
+        llm.use_http_client(None)
+
+
+def test_conversations_are_grouped_by_date_and_a_drawer_on_a_phone(page, asgi_server, ivy):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    old = long_conversation(ivy, turns=1)
+    Conversation.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(days=3))
+    Conversation.objects.create(user=ivy, title="Fresh one")
+    login(page, asgi_server, "ivy", PASSWORD)
+    page.wait_for_url(f"{asgi_server}/chat/")
+    groups = page.locator(".conversation-group").all_inner_texts()
+    assert [g.lower() for g in groups] == ["today", "previous 7 days"]
+    assert page.is_hidden("#conversation-drawer > summary")  # no drawer on a desktop
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.reload()
+    assert not page.locator("#conversation-drawer").evaluate("d => d.open")
+    assert page.is_hidden("text=Fresh one")
+    page.click("#conversation-drawer > summary")
+    assert page.is_visible("text=Fresh one")
+    composer = page.locator("#chat-form").bounding_box()
+    assert composer["height"] <= 844 / 4 + 1  # a quarter of the screen at most
+    page.screenshot(path=ARTIFACTS / "chat-phone-drawer.png")
