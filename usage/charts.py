@@ -5,7 +5,7 @@ render at a readable size on a desktop and on a phone alike.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
 from typing import NamedTuple
@@ -65,6 +65,7 @@ class Bar:
     show_label: bool
     future: bool
     today: bool
+    tab_stop: bool = False  # the chart's one tab stop (the latest day); arrows move from it
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,9 @@ def daily_cost_chart(daily, today: date | None, width: int, by_model=None, model
                 today=day == today,
             )
         )
+    drawn = [i for i, bar in enumerate(bars) if not bar.future]
+    if drawn:
+        bars[drawn[-1]] = replace(bars[drawn[-1]], tab_stop=True)
     return Chart(
         width,
         HEIGHT,

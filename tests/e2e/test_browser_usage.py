@@ -90,3 +90,36 @@ def test_the_support_admin_pages_read_well_and_pass_axe(browser, live_server, se
             assert violations(page, include) == [], name
     finally:
         context.close()
+
+
+def test_the_daily_chart_is_one_tab_stop_with_arrow_keys_between_days(
+    browser,  # noqa: F811
+    live_server,
+    seeded,
+):
+    context, page = open_page(
+        browser, live_server.url, "demo", django_settings.DEMO_PASSWORD, 1366, 900, "light"
+    )
+    try:
+        page.goto(f"{live_server.url}/usage/")
+        chart = page.locator("#daily-chart svg.chart-wide")
+        assert chart.locator(".day[tabindex='0']").count() == 1  # one stop, not thirty
+        latest = chart.locator(".day[tabindex='0']").get_attribute("aria-label")
+        chart.locator(".day[tabindex='0']").focus()
+        page.keyboard.press("ArrowLeft")
+        focused = page.evaluate("document.activeElement.getAttribute('aria-label')")
+        assert focused != latest and focused  # the day before
+        ring = page.evaluate(
+            "getComputedStyle(document.activeElement.querySelector('.hit')).strokeWidth"
+        )
+        assert ring == "3px"  # a visible focus ring
+        page.keyboard.press("End")
+        assert page.evaluate("document.activeElement.getAttribute('aria-label')") == latest
+        page.keyboard.press("Home")
+        first = page.evaluate("document.activeElement.getAttribute('aria-label')")
+        assert first == chart.locator(".day").first.get_attribute("aria-label")
+        page.keyboard.press("Tab")  # one Tab leaves the chart
+        assert page.evaluate("!document.activeElement.closest('#daily-chart svg')")
+        page.screenshot(path=ARTIFACTS / "usage-chart-keyboard.png")
+    finally:
+        context.close()
