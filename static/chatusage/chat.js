@@ -110,6 +110,32 @@
   }
   list.querySelectorAll(".message-assistant").forEach(addCopyAnswer);
 
+  // After a stream ended early (stopped, or broken), the page takes the conversation as the
+  // server renders it, so that it says what a reload will say (the cost, "cut short"). The
+  // server saves such an answer a moment after the stream ends: ask a few times.
+  async function resync() {
+    if (!chat.dataset.conversationId) return;
+    for (let attempt = 1; attempt <= 8; attempt++) {
+      await new Promise((done) => setTimeout(done, 200 * attempt));
+      let doc;
+      try {
+        const response = await fetch(form.action, { credentials: "same-origin" });
+        if (!response.ok) return;
+        doc = new DOMParser().parseFromString(await response.text(), "text/html");
+      } catch (e) {
+        return;  // offline: what is shown stays
+      }
+      const fresh = doc.getElementById("messages");
+      const last = fresh && fresh.lastElementChild;
+      if (!last || !last.classList.contains("message-assistant")) continue;
+      list.replaceChildren(...Array.from(fresh.children).map((li) => document.importNode(li, true)));
+      addCopyButtons(list);
+      list.querySelectorAll(".message-assistant").forEach(addCopyAnswer);
+      offerAgain();
+      return;
+    }
+  }
+
   // The last exchange can be asked again: Regenerate sends the last prompt again, Edit puts
   // it back in the box to change and send. Each is a new turn, billed and shown as one.
   function lastOf(role) {
@@ -367,6 +393,23 @@
         note.textContent = "Stopped. What arrived is kept and billed as an estimate.";
         answer.li.append(note);
         announce.textContent = "Answer stopped.";
+        resync();  // then the server's own rendering, with what it was billed
+        return;
+      }
+      if (answer && answer.content.textContent && !err.refused) {
+        // Part of an answer arrived before the stream broke: the server keeps and bills
+        // it, so it stays, cut short, and sending it again is not offered. Then the page
+        // shows it as a reload will, once the server has saved it.
+        answer.li.classList.remove("streaming");
+        answer.li.classList.add("message-interrupted");
+        const note = document.createElement("small");
+        note.className = "muted";
+        note.textContent = "Cut short: " + (err.message || "the connection broke.");
+        answer.li.append(note);
+        errorText.textContent = err.message || "The connection broke.";
+        errorBox.hidden = false;
+        retry.hidden = true;
+        resync();
         return;
       }
       failed = true;
@@ -385,7 +428,12 @@
         mine.li.remove();
         retry.hidden = true;
       } else {
+        // As a reload shows it: kept, marked, with Retry beside the error.
         mine.li.classList.add("message-failed");
+        const note = document.createElement("small");
+        note.className = "muted";
+        note.textContent = "Not answered.";
+        mine.li.append(note);
       }
     } finally {
       setBusy(false);

@@ -104,6 +104,10 @@ def test_stop_ends_the_stream_and_settles_what_arrived(page, asgi_server, erin, 
     page.click("#stop")
     page.locator("text=Stopped. What arrived is kept").wait_for()
     assert page.is_visible("#send")
+    # Then the page shows the stopped answer as the server saved and billed it, cost and
+    # all: what a reload shows (it showed no cost until a reload).
+    page.locator(".message-assistant .answer-meta", has_text="estimated").wait_for()
+    live = page.inner_text(".message-assistant")
     settled = wait_for(
         lambda: read_when_free(
             lambda: not Generation.objects.filter(user=erin, status="pending").exists()
@@ -117,6 +121,7 @@ def test_stop_ends_the_stream_and_settles_what_arrived(page, asgi_server, erin, 
     assert answer.interrupted and answer.content
     page.reload()
     assert "Interrupted before the end" in page.inner_text(".message-assistant")
+    assert page.inner_text(".message-assistant") == live
 
 
 WIDER_THAN_VIEWPORT = """() => [...document.querySelectorAll("body *")]
