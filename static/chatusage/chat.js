@@ -110,6 +110,41 @@
   }
   list.querySelectorAll(".message-assistant").forEach(addCopyAnswer);
 
+  // Markdown as it arrives: the same parser the server uses (markdown-it, of which the
+  // server's markdown-it-py is the port; same options) and a sanitiser with the server's
+  // allowlist (DOMPurify, as nh3 there). At most once a frame; code is highlighted, and
+  // table alignment kept, when the server's rendering replaces it at the end.
+  const markdown = window.markdownit
+    ? window.markdownit("commonmark", { html: false }).enable(["table", "strikethrough"])
+    : null;
+  const SANITISE = {
+    ALLOWED_TAGS: ["p", "br", "hr", "strong", "em", "del", "s", "code", "pre", "span",
+      "blockquote", "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "thead",
+      "tbody", "tr", "th", "td", "a", "div"],
+    ALLOWED_ATTR: ["href", "title", "class", "start"],
+    ALLOWED_URI_REGEXP: /^(?:https?:|mailto:)/i,
+  };
+  if (window.DOMPurify) {
+    window.DOMPurify.addHook("afterSanitizeAttributes", function (node) {
+      if (node.tagName === "A") node.setAttribute("rel", "noopener nofollow");
+    });
+  }
+  function showStreaming(answer) {
+    if (answer.frame) return;
+    answer.frame = requestAnimationFrame(function () {
+      answer.frame = null;
+      if (!answer.li.classList.contains("streaming")) return;  // the final rendering is in
+      if (markdown && window.DOMPurify) {
+        const html = markdown.render(answer.raw).replaceAll("<pre><code", '<pre class="highlight"><code');
+        answer.content.innerHTML = window.DOMPurify.sanitize(html, SANITISE);
+        answer.li.classList.add("rendered");
+      } else {
+        answer.content.textContent = answer.raw;
+      }
+      if (following) showLatest();
+    });
+  }
+
   // After a stream ended early (stopped, or broken), the page takes the conversation as the
   // server renders it, so that it says what a reload will say (the cost, "cut short"). The
   // server saves such an answer a moment after the stream ends: ask a few times.
@@ -338,10 +373,11 @@
           if (event === "start") {
             onConversation(payload.conversation_id, text);
             answer = addMessage("assistant", "", "streaming");
+            answer.raw = "";
             if (payload.demo) answer.label.insertAdjacentHTML("beforeend", ' <span class="badge">demo</span>');
           } else if (event === "delta") {
-            answer.content.textContent += payload.text;
-            if (following) showLatest();
+            answer.raw += payload.text;
+            showStreaming(answer);
           } else if (event === "done") {
             answer.li.classList.remove("streaming");
             // The server's rendering (markdown, highlighted, sanitised) replaces the text
@@ -396,7 +432,7 @@
         resync();  // then the server's own rendering, with what it was billed
         return;
       }
-      if (answer && answer.content.textContent && !err.refused) {
+      if (answer && (answer.raw || answer.content.textContent) && !err.refused) {
         // Part of an answer arrived before the stream broke: the server keeps and bills
         // it, so it stays, cut short, and sending it again is not offered. Then the page
         // shows it as a reload will, once the server has saved it.

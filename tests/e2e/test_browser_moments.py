@@ -265,3 +265,28 @@ def test_conversations_are_grouped_by_date_and_a_drawer_on_a_phone(page, asgi_se
     composer = page.locator("#chat-form").bounding_box()
     assert composer["height"] <= 844 / 4 + 1  # a quarter of the screen at most
     page.screenshot(path=ARTIFACTS / "chat-phone-drawer.png")
+
+
+def test_markdown_renders_while_it_streams_and_stays_safe(page, asgi_server, ivy, settings):
+    answer = (
+        "Here is **the plan**:\n\n- first item\n- second item\n\n"
+        "<img src=x onerror=\"document.title='pwned'\"> [x](javascript:document.title='pwned')\n\n"
+        + "and more words to come "
+        * 60
+    )
+    slow_model(settings, answer, 0.03)
+    try:
+        login(page, asgi_server, "ivy", PASSWORD)
+        page.fill("#prompt", "Plan please")
+        page.click("#send")
+        items = page.locator(".message-assistant.streaming .content ul li")
+        items.nth(1).wait_for()  # a list while the answer is still streaming
+        streaming = page.locator(".message-assistant.streaming .content")
+        assert streaming.locator("strong", has_text="the plan").count() == 1
+        assert "- first item" not in streaming.inner_text()
+        assert streaming.locator("img").count() == 0
+        assert streaming.locator("a[href^='javascript']").count() == 0
+        page.locator(".message-assistant .answer-meta").wait_for()
+        assert "pwned" not in page.title()
+    finally:
+        llm.use_http_client(None)
