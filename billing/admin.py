@@ -51,8 +51,18 @@ class StatementAdmin(ReadOnlyAdmin):
         return response
 
 
+class AddOnlyAdmin(admin.ModelAdmin):
+    """Money staff write down: added with a reason, never edited or deleted (add another)."""
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Correction)
-class CorrectionAdmin(admin.ModelAdmin):
+class CorrectionAdmin(AddOnlyAdmin):
     """Credit (negative) or charge (positive) an amount, with a reason: it goes on the user's
     next statement and into their history. Once written it is not edited: add another."""
 
@@ -61,12 +71,6 @@ class CorrectionAdmin(admin.ModelAdmin):
     search_fields = ["user__username", "reason"]
     fields = ["user", "amount", "reason"]
     autocomplete_fields = ["user"]
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @transaction.atomic
     def save_model(self, request, obj, form, change):
@@ -143,7 +147,7 @@ class ExpiringFilter(admin.SimpleListFilter):
 
 
 @admin.register(CreditGrant)
-class CreditGrantAdmin(admin.ModelAdmin):
+class CreditGrantAdmin(AddOnlyAdmin):
     """Prepaid credit in and out. Staff add grants and take-backs here (each written to the
     user's history); top-ups and refunds arrive from Stripe. Nothing is edited once made."""
 
@@ -153,12 +157,6 @@ class CreditGrantAdmin(admin.ModelAdmin):
     list_select_related = ["user", "created_by"]
     search_fields = ["user__username", "user__email", "reason", "stripe_object_id"]
     autocomplete_fields = ["user"]
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @transaction.atomic
     def save_model(self, request, obj, form, change):

@@ -297,3 +297,33 @@ def documented_verify():
     namespace: dict = {}
     exec(code, namespace)  # noqa: S102 - our own README's snippet, under test
     return namespace["verify"]
+
+
+def stripe_signature(body: bytes, secret: str, at: float | None = None) -> str:
+    """A Stripe-Signature header made the way Stripe makes it (not with the code under test):
+    `t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`."""
+    import hashlib
+    import hmac
+    import time
+
+    timestamp = int(at if at is not None else time.time())
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def stripe_event(kind: str, obj: dict, event_id: str = "evt_1") -> dict:
+    return {"id": event_id, "object": "event", "type": kind, "data": {"object": obj}}
+
+
+def checkout_session(user_id, cents=1000, paid=True, session_id="cs_test_1") -> dict:
+    """A Checkout Session as Stripe's webhook carries it, for a top-up by `user_id`."""
+    return {
+        "id": session_id,
+        "object": "checkout.session",
+        "mode": "payment",
+        "currency": "usd",
+        "amount_total": cents,
+        "payment_status": "paid" if paid else "unpaid",
+        "client_reference_id": str(user_id),
+        "metadata": {"chatusage_user_id": str(user_id)},
+    }

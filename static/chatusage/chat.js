@@ -35,24 +35,29 @@
     return { li, label, content };
   }
 
+  // A button that copies `text()` and says so for a moment.
+  function copyButton(className, label, ariaLabel, text) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = className + " secondary small-button";
+    button.textContent = label;
+    button.setAttribute("aria-label", ariaLabel);
+    button.addEventListener("click", function () {
+      navigator.clipboard.writeText(text()).then(function () {
+        button.textContent = "Copied";
+        setTimeout(function () { button.textContent = label; }, 1500);
+      });
+    });
+    return button;
+  }
+
   // A Copy button on every code block of an answer.
   function addCopyButtons(root) {
     if (!navigator.clipboard) return;
     root.querySelectorAll("pre").forEach(function (pre) {
       if (pre.querySelector(".copy-code")) return;
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "copy-code secondary small-button";
-      button.textContent = "Copy";
-      button.setAttribute("aria-label", "Copy this code");
-      button.addEventListener("click", function () {
-        const code = pre.querySelector("code");
-        navigator.clipboard.writeText((code || pre).innerText).then(function () {
-          button.textContent = "Copied";
-          setTimeout(function () { button.textContent = "Copy"; }, 1500);
-        });
-      });
-      pre.prepend(button);
+      const code = () => (pre.querySelector("code") || pre).innerText;
+      pre.prepend(copyButton("copy-code", "Copy", "Copy this code", code));
     });
   }
   addCopyButtons(list);
@@ -96,17 +101,8 @@
   // Copy a whole answer, as its text.
   function addCopyAnswer(li) {
     if (!navigator.clipboard || li.querySelector(".copy-answer")) return;
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "copy-answer secondary small-button";
-    button.textContent = "Copy answer";
-    button.addEventListener("click", function () {
-      navigator.clipboard.writeText(li.querySelector(".content").innerText).then(function () {
-        button.textContent = "Copied";
-        setTimeout(function () { button.textContent = "Copy answer"; }, 1500);
-      });
-    });
-    li.append(button);
+    const text = () => li.querySelector(".content").innerText;
+    li.append(copyButton("copy-answer", "Copy answer", "Copy this whole answer", text));
   }
   list.querySelectorAll(".message-assistant").forEach(addCopyAnswer);
 

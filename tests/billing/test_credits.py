@@ -1,8 +1,6 @@
 """Prepaid credits: granted by Stripe's signed webhook (once per Stripe object) or by staff,
 spent by answers, held at their worst case while they run, never overdrawn."""
 
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -20,7 +18,7 @@ from django.utils import timezone
 from billing import credits
 from billing.credits import InsufficientCredits, balance_from
 from billing.models import CreditGrant
-from tests.helpers import set_budget
+from tests.helpers import checkout_session, set_budget, stripe_event, stripe_signature
 from usage.limits import TokenUsage, reserve, settle
 from usage.models import Generation, UsageAccount
 
@@ -41,26 +39,15 @@ def prepaid(settings, requests_mock):
 def signed(payload: dict, secret=SECRET, at=None) -> tuple[bytes, str]:
     """A webhook body and its Stripe-Signature, made the way Stripe makes them."""
     body = json.dumps(payload).encode()
-    timestamp = int(at if at is not None else time.time())
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return body, f"t={timestamp},v1={mac.hexdigest()}"
+    return body, stripe_signature(body, secret, at)
 
 
 def event(kind: str, obj: dict, event_id="evt_1") -> dict:
-    return {"id": event_id, "object": "event", "type": kind, "data": {"object": obj}}
+    return stripe_event(kind, obj, event_id)
 
 
 def session(user, cents=1000, paid=True, session_id="cs_test_1") -> dict:
-    return {
-        "id": session_id,
-        "object": "checkout.session",
-        "mode": "payment",
-        "currency": "usd",
-        "amount_total": cents,
-        "payment_status": "paid" if paid else "unpaid",
-        "client_reference_id": str(user.pk),
-        "metadata": {"chatusage_user_id": str(user.pk)},
-    }
+    return checkout_session(user.pk, cents, paid, session_id)
 
 
 def deliver(payload, secret=SECRET, at=None, client=None):

@@ -194,3 +194,23 @@ def test_the_preloading_master_forks_workers_with_the_app_imported_and_no_connec
     result = manage("shell", "--no-imports", "-c", PRE_FORK, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["False", "True", "True", "True", "True"]
+
+
+def test_production_static_files_collect(tmp_path):
+    """Production's manifest storage fails on any reference it cannot resolve (a vendored
+    script's source map, say): every server start would then fail at collectstatic."""
+    import subprocess
+    import sys
+
+    from tests.helpers import PRODUCTION_ENV
+
+    env = {**PRODUCTION_ENV, "STATIC_ROOT": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "staticfiles.json").exists()

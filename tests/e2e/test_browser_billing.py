@@ -2,11 +2,8 @@
 to Stripe Checkout (a loopback Stripe), the signed webhook credits it, and the kept message
 is back in the box to send. Light and dark, and a phone; axe finds nothing on the way."""
 
-import hashlib
-import hmac
 import json
 import re
-import time
 from decimal import Decimal
 
 import pytest
@@ -16,6 +13,7 @@ from billing import credits
 from billing.models import CreditGrant
 from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login, violations
 from tests.e2e.harness.servers import FakeStripe
+from tests.helpers import checkout_session, stripe_event, stripe_signature
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -30,12 +28,10 @@ def check(page, name):
 
 def webhook(base, payload) -> int:
     body = json.dumps(payload).encode()
-    timestamp = int(time.time())
-    mac = hmac.new(SECRET.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return requests.post(
         f"{base}/billing/stripe/webhook/",
         data=body,
-        headers={"Stripe-Signature": f"t={timestamp},v1={mac}"},
+        headers={"Stripe-Signature": stripe_signature(body, SECRET)},
         timeout=30,
     ).status_code
 
@@ -82,22 +78,7 @@ def test_refused_for_credit_top_up_through_checkout_and_send_the_kept_message(
     page.goto(f"{live_server.url}/billing/?top_up=paid")
     page.get_by_text("being confirmed by Stripe").wait_for()
     assert page.locator("#credit-balance").inner_text() == "$0.000001"
-    paid = {
-        "id": "evt_browser",
-        "object": "event",
-        "type": "checkout.session.completed",
-        "data": {
-            "object": {
-                "id": checkout_id,
-                "object": "checkout.session",
-                "mode": "payment",
-                "currency": "usd",
-                "amount_total": 1000,
-                "payment_status": "paid",
-                "client_reference_id": str(user.pk),
-            }
-        },
-    }
+    paid = stripe_event("checkout.session.completed", checkout_session(user.pk, 1000), "evt_b")
     assert webhook(live_server.url, paid) == 200
     page.reload()
     assert page.locator("#credit-balance").inner_text() == "$10.0000"

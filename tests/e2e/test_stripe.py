@@ -2,11 +2,8 @@
 loopback: metered (every answer one meter event, once, whatever Stripe does) and prepaid
 (refused, topped up through Checkout and the signed webhook, then spent)."""
 
-import hashlib
-import hmac
 import json
 import threading
-import time
 from decimal import Decimal
 
 import pytest
@@ -15,6 +12,7 @@ import requests
 from tests.e2e.harness.client import chat, clone, wait_for
 from tests.e2e.harness.launch import fake_model_env, gunicorn_app, manage, postgres_answers
 from tests.e2e.harness.servers import FakeModel, FakeStripe
+from tests.helpers import checkout_session, stripe_event, stripe_signature
 
 pytestmark = pytest.mark.e2e
 
@@ -146,12 +144,6 @@ def test_chat_is_not_held_up_while_stripe_hangs(stripe_app):
     assert len(identifiers) == len(set(identifiers)) == len(ledger(app))
 
 
-def stripe_signature(body: bytes, secret: str) -> str:
-    timestamp = int(time.time())
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
-
-
 def test_prepaid_refused_then_topped_up_through_checkout_and_the_webhook(tmp_path):
     if not postgres_answers():
         pytest.skip("PostgreSQL is not answering on 127.0.0.1:5432")
@@ -181,23 +173,9 @@ def test_prepaid_refused_then_topped_up_through_checkout_and_the_webhook(tmp_pat
             assert session.get(f"{app.url}/api/billing/").json()["balance_usd"] == "0.000000"
 
             # Stripe confirms the payment: the signed webhook, once and then a retry.
-            payload = {
-                "id": "evt_e2e_1",
-                "object": "event",
-                "type": "checkout.session.completed",
-                "data": {
-                    "object": {
-                        "id": checkout_id,
-                        "object": "checkout.session",
-                        "mode": "payment",
-                        "currency": "usd",
-                        "amount_total": 1000,
-                        "payment_status": "paid",
-                        "client_reference_id": user_id,
-                        "metadata": {"chatusage_user_id": user_id},
-                    }
-                },
-            }
+            payload = stripe_event(
+                "checkout.session.completed", checkout_session(user_id, 1000, True, checkout_id)
+            )
             body = json.dumps(payload).encode()
             for _ in range(2):
                 answer = requests.post(

@@ -381,7 +381,7 @@ def test_only_one_request_per_user_and_cycle_asks_posthog_at_a_time(
         ("1.00", "0.80", "near", "80.0% used"),
         # At exactly 100 % the budget is used up: over, on every page and in admin alike.
         ("1.00", "1.00", "over", "100.0% used · <strong>budget used up</strong>"),
-        ("1.00", "1.54", "over", "154.0% used · <strong>over by $0.54</strong>"),
+        ("1.00", "1.54", "over", "154.0% used · <strong>over by $0.5400</strong>"),
     ],
 )
 def test_the_budget_card_says_spent_of_budget_in_its_state(alice, budget, spent, state, text):
@@ -396,7 +396,9 @@ def test_the_budget_card_says_spent_of_budget_in_its_state(alice, budget, spent,
     assert f'class="stat budget budget-{state}" id="budget-card"' in page
     assert text in page
     if budget != "0":
-        assert f"${Decimal(spent):.2f} <small>of $1.00 spent</small>" in page
+        # Spent as the cost card writes it (one money format per figure), of the budget.
+        assert f"${Decimal(spent):.4f} <small>of $1.00 spent</small>" in page
+        assert f'id="stat-cost">${Decimal(spent):.4f}<' in page
         assert "resets " in page and " (in " in page
         # The same percentage in the JSON and on the chat page.
         data = client.get("/api/usage/").json()["budget"]
@@ -472,3 +474,9 @@ def test_the_usage_page_says_when_the_budget_runs_out_or_that_chat_is_paused(ali
     settled_today(alice, "1.50", model="gpt-4o")
     page = alice_client.get("/usage/").content.decode()
     assert "budget used up: chat is paused until 26 Dec" in page
+
+
+def test_a_new_user_sees_one_empty_state_not_empty_charts(alice_client):
+    page = alice_client.get("/usage/").content.decode()
+    assert page.count("No messages in this cycle yet") == 1
+    assert 'id="daily-chart"' not in page and 'id="models"' not in page
