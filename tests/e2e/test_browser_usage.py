@@ -7,6 +7,7 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 
 from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login, violations
+from tests.e2e.test_browser_chat import WIDER_THAN_VIEWPORT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -57,7 +58,8 @@ def test_usage_reads_at_a_glance_for_each_kind_of_user(
                 assert f"budget-{state}" in card.get_attribute("class")
             if state == "over":
                 assert "over by $" in card.inner_text()
-            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            wider = page.evaluate(WIDER_THAN_VIEWPORT)
+            assert wider == [], wider  # nothing wider than the screen
             page.screenshot(
                 path=ARTIFACTS / f"usage-{username}-{device}-{scheme}.png", full_page=True
             )
