@@ -126,7 +126,8 @@ def test_stop_ends_the_stream_and_settles_what_arrived(page, asgi_server, erin, 
 
 WIDER_THAN_VIEWPORT = """() => [...document.querySelectorAll("body *")]
   .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
-  .slice(0, 5).map(e => e.tagName + "." + e.className + " " + e.getBoundingClientRect().right + " " + e.textContent.trim().slice(0, 40))"""
+  .slice(0, 5).map(e => e.tagName + "." + e.className + " " + e.getBoundingClientRect().right
+    + " " + e.textContent.trim().slice(0, 40))"""
 SIZES = [(1366, 900, "light"), (1366, 900, "dark"), (390, 844, "light"), (390, 844, "dark")]
 LONG_NAME = "a-rather-long-username-of-30ch"
 
