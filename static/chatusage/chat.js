@@ -35,14 +35,20 @@
     return { li, label, content };
   }
 
-  // A button that copies `text()` and says so for a moment.
-  function copyButton(className, label, ariaLabel, text) {
+  // The small buttons answers and prompts carry.
+  function smallButton(className, label, ariaLabel, onClick) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = className + " secondary small-button";
     button.textContent = label;
     button.setAttribute("aria-label", ariaLabel);
-    button.addEventListener("click", function () {
+    button.addEventListener("click", onClick);
+    return button;
+  }
+
+  // A button that copies `text()` and says so for a moment.
+  function copyButton(className, label, ariaLabel, text) {
+    const button = smallButton(className, label, ariaLabel, function () {
       navigator.clipboard.writeText(text()).then(function () {
         button.textContent = "Copied";
         setTimeout(function () { button.textContent = label; }, 1500);
@@ -180,27 +186,16 @@
     if (!question || question.classList.contains("message-failed")) return;
     const text = question.querySelector(".content").innerText.trim();
     if (!text) return;
-    const edit = document.createElement("button");
-    edit.type = "button";
-    edit.className = "edit-prompt secondary small-button";
-    edit.textContent = "Edit";
-    edit.setAttribute("aria-label", "Edit this message and send it again");
-    edit.addEventListener("click", function () {
-      prompt.value = text;
-      showEstimate();
-      prompt.focus();
-    });
-    question.append(edit);
+    question.append(smallButton("edit-prompt", "Edit", "Edit this message and send it again",
+      function () {
+        prompt.value = text;
+        showEstimate();
+        prompt.focus();
+      }));
     if (reply && reply.compareDocumentPosition(question) & Node.DOCUMENT_POSITION_PRECEDING) {
-      const again = document.createElement("button");
-      again.type = "button";
-      again.className = "regenerate secondary small-button";
-      again.textContent = "Regenerate";
-      again.setAttribute("aria-label", "Ask the same question again for a new answer");
-      again.addEventListener("click", function () {
-        if (!send.disabled) submit(text);
-      });
-      reply.append(again);
+      reply.append(smallButton("regenerate", "Regenerate",
+        "Ask the same question again for a new answer",
+        function () { if (!send.disabled) submit(text); }));
     }
   }
 

@@ -19,16 +19,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def page(browser, settings):  # noqa: F811
-    ARTIFACTS.mkdir(exist_ok=True)
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    yield page
-    context.close()
-
-
-@pytest.fixture
 def ivy(django_user_model):
     user = django_user_model.objects.create_user("ivy", "ivy@example.com", PASSWORD)
     UsageAccount.objects.filter(user=user).update(budget_usd=Decimal(0))  # no cap
