@@ -1,12 +1,15 @@
 """reserve() + settle() per call, the ledger's cost on every message (SQLite or PostgreSQL).
 
 Two users side by side, call by call: one with a budget (the default: settles also watch for
-alerts, which locks the account) and one without a cap. Beside them, one bare round trip
+alerts, which locks the account) and one without a cap; and the uncapped call settled as a
+chat turn settles (inside the answer's transaction), with metered billing off and on, for
+what the meter-event outbox adds. Beside them, one bare round trip
 (`SELECT 1` through Django's cursor), the unit in which the database's part can be read on
 any machine.
 """
 
 import contextlib
+import statistics
 import sys
 
 from bench.common import emit, postgres_database, setup_django, spread_ms, timed
@@ -36,15 +39,30 @@ def main(label="sqlite"):
             reservation = limits.reserve(user, settings.DEMO_MODEL, messages, 500)
             limits.settle(reservation, usage, latency_ms=900, http_status=200)
 
+        from django.db import transaction
+
+        def chat_settle(metered: bool):
+            # As a chat turn settles: in the transaction that saves the answer; with
+            # metered billing the meter-event outbox row joins it (sending is left out).
+            settings.BILLING_MODE = "metered" if metered else "off"
+            reservation = limits.reserve(uncapped, settings.DEMO_MODEL, messages, 500)
+            with transaction.atomic():
+                limits.settle(reservation, usage, latency_ms=900, http_status=200)
+            settings.BILLING_MODE = "off"
+
+        settings.STRIPE_API_KEY = "sk_test_bench"
+        settings.STRIPE_SEND_AFTER_COMMIT = False
+
         def round_trip():
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
                 cursor.fetchone()
 
-        samples = {"budgeted": [], "uncapped": [], "rt": []}
+        samples = {"budgeted": [], "uncapped": [], "rt": [], "billing_off": [], "metered": []}
         for n in range(WARM_UP + CALLS):
             figures = (timed(lambda: call(budgeted)), timed(lambda: call(uncapped)))
             figures += (timed(round_trip),)
+            figures += (timed(lambda: chat_settle(False)), timed(lambda: chat_settle(True)))
             if n >= WARM_UP:
                 for key, seconds in zip(samples, figures, strict=True):
                     samples[key].append(seconds)
@@ -54,12 +72,23 @@ def main(label="sqlite"):
             ).settled_messages
             == WARM_UP + CALLS
         )
+        from billing.models import StripeOutbox
+
+        outbox = StripeOutbox.objects.count()
+        assert outbox == WARM_UP + CALLS, outbox  # one row per metered settle
     emit(
         bench="ledger",
         db=label,
         **spread_ms(samples["budgeted"], "alerting_"),
         **spread_ms(samples["uncapped"], "uncapped_"),
         **spread_ms(samples["rt"], "round_trip_"),
+        **spread_ms(samples["billing_off"], "chat_settle_billing_off_"),
+        **spread_ms(samples["metered"], "chat_settle_metered_"),
+        metered_outbox_added_ms=round(
+            (statistics.median(samples["metered"]) - statistics.median(samples["billing_off"]))
+            * 1000,
+            3,
+        ),
     )
 
 
