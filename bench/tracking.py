@@ -47,13 +47,13 @@ def untracked():
     from django.utils import timezone
 
     from chat import llm
-    from usage import limits
+    from usage import limits, sql
     from usage.pricing import price_for
 
     price = price_for(llm.current_provider().model)
     bare = bare_client()
 
-    def reserve(user, model, messages, max_tokens, provider="openai", conversation_id=None):
+    def reserve(user, model, messages, max_tokens, provider="openai", **_):
         return limits.Reservation(
             uuid.uuid4(), user.pk, model, provider, price, 0, 0, max_tokens, timezone.now()
         )
@@ -76,6 +76,10 @@ def untracked():
             timezone.now(),
         )
 
+    def settle_with(reservation, usage=None, *, also=(), **fields):
+        # The chat's own statements (the answer, the standing it shows) still run.
+        return settle(reservation, usage, **fields), sql.batch(*also) if also else []
+
     async def create(**options):
         options = {k: v for k, v in options.items() if not k.startswith("posthog_")}
         return await bare.chat.completions.create(**options)
@@ -84,12 +88,13 @@ def untracked():
 
     @contextlib.contextmanager
     def swapped():
-        saved = limits.reserve, limits.settle, llm.client
-        limits.reserve, limits.settle, llm.client = reserve, settle, lambda: client
+        saved = limits.reserve, limits.settle, limits.settle_with, llm.client
+        limits.reserve, limits.settle, limits.settle_with = reserve, settle, settle_with
+        llm.client = lambda: client
         try:
             yield
         finally:
-            limits.reserve, limits.settle, llm.client = saved
+            limits.reserve, limits.settle, limits.settle_with, llm.client = saved
 
     return swapped
 
