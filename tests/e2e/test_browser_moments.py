@@ -280,3 +280,39 @@ def test_markdown_renders_while_it_streams_and_stays_safe(page, asgi_server, ivy
         assert "pwned" not in page.title()
     finally:
         llm.use_http_client(None)
+
+
+def test_a_stream_that_breaks_after_words_arrived_shows_as_cut_short_like_a_reload(
+    page, asgi_server, ivy
+):
+    """The browser's connection ends with no closing event: the words that arrived stay,
+    marked cut short, with no Retry (they were billed), then the page shows the answer as
+    the server saved it. Playwright answers the request itself, cut off after a delta."""
+    import json as jsonlib
+
+    conversation = Conversation.objects.create(user=ivy, title="Cut")
+    Message.objects.create(conversation=conversation, role="user", content="Tell me")
+    Message.objects.create(
+        conversation=conversation, role="assistant", content="Partial words", interrupted=True
+    )
+    start = {"conversation_id": str(conversation.pk), "generation_id": "g"}
+    body = (
+        f"event: start\ndata: {jsonlib.dumps(start)}\n\n"
+        'event: delta\ndata: {"text": "Partial words"}\n\n'
+    )
+    page.route(
+        "**/api/chat/",
+        lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body=body
+        ),
+    )
+    login(page, asgi_server, "ivy", PASSWORD)
+    page.wait_for_url(f"{asgi_server}/chat/")
+    page.fill("#prompt", "Tell me")
+    page.click("#send")
+    page.locator(".message-assistant", has_text="Interrupted before the end").wait_for()
+    assert page.input_value("#prompt") == ""  # not offered again: it was answered, in part
+    assert page.is_hidden("#retry")
+    live = page.inner_text("#messages")
+    page.reload()
+    assert page.inner_text("#messages") == live
