@@ -142,23 +142,12 @@ def _start_conversation(conversation: Conversation, text: str, generation_id: UU
     """Save a new conversation and its first message, marked failed until answered."""
     now = timezone.now()
     conversation.created_at = conversation.updated_at = now
-    values = {
-        "conversation_id": conversation.pk,
-        "role": Message.Role.USER.value,
-        "content": text,
-        "created_at": now,
-        "generation_id": generation_id,
-        "failed": True,
-        "interrupted": False,
-        "error": "",
-        "finish_reason": "",
-        "demo": False,
-    }
+    values = chat_sql.message_values(
+        conversation.pk, Message.Role.USER.value, text, now, generation_id, failed=True
+    )
     _, (row,) = batch(*chat_sql.start_conversation(conversation, values))
     conversation._state.adding, conversation._state.db = False, "default"
-    prompt = Message(id=row[0], **values)
-    prompt._state.adding, prompt._state.db = False, "default"
-    return prompt
+    return chat_sql.saved(row[0], values)
 
 
 def _save_prompt(conversation: Conversation, text: str, generation_id: UUID) -> Message:
@@ -308,12 +297,12 @@ class AnswerRecord:
             )
 
         now = timezone.now()
-        values = chat_sql.answer_values(
+        values = chat_sql.message_values(
             self.conversation_id,
-            self.prompt_id,
-            self.reservation.generation_id,
+            Message.Role.ASSISTANT.value,
+            self.text,
             now,
-            content=self.text,
+            self.reservation.generation_id,
             interrupted=self.interrupted,
             error=self.error,
             finish_reason=self.finish_reason,
@@ -325,15 +314,14 @@ class AnswerRecord:
         try:
             with transaction.atomic():
                 generation, rows = settle(
-                    (*chat_sql.save_answer(values), *limits.standing_reads(user_id, now))
+                    (
+                        *chat_sql.save_answer(values, self.prompt_id),
+                        *limits.standing_reads(user_id, now),
+                    )
                 )
                 inserted, _, _, account_rows, spend_rows = rows
                 if inserted:
-                    answer = Message(
-                        id=inserted[0][0],
-                        **{f: values[f] for f in chat_sql.ANSWER_FIELDS},
-                    )
-                    answer._state.adding, answer._state.db = False, "default"
+                    answer = chat_sql.saved(inserted[0][0], values)
                 else:  # saved before: this is a retry of a save whose commit was lost
                     answer = Message.objects.get(
                         generation_id=generation.pk, role=Message.Role.ASSISTANT

@@ -1,5 +1,5 @@
-"""The statements that save an answer, sent with its settle in one round trip
-(AnswerRecord.save, chat/services.py). As in usage/sql.py, only table and column names
+"""The statements that save a new conversation's first prompt, and an answer with its
+settle, each in one round trip (chat/services.py). As in usage/sql.py, only table and column names
 from the models are written into the SQL; every value is a parameter."""
 # ruff: noqa: S608
 
@@ -11,7 +11,7 @@ from usage import sql
 
 MESSAGE = Message._meta.db_table
 CONVERSATION = Conversation._meta.db_table
-ANSWER_FIELDS = [
+MESSAGE_FIELDS = [
     "conversation_id",
     "role",
     "content",
@@ -29,8 +29,8 @@ INSERT_CONVERSATION = (
     f"VALUES ({', '.join(['%s'] * len(CONVERSATION_FIELDS))})"
 )
 INSERT_MESSAGE = (
-    f"INSERT INTO {MESSAGE} ({', '.join(ANSWER_FIELDS)}) "
-    f"VALUES ({', '.join(['%s'] * len(ANSWER_FIELDS))}) RETURNING id"
+    f"INSERT INTO {MESSAGE} ({', '.join(MESSAGE_FIELDS)}) "
+    f"VALUES ({', '.join(['%s'] * len(MESSAGE_FIELDS))}) RETURNING id"
 )
 
 
@@ -41,48 +41,72 @@ def start_conversation(conversation: Conversation, prompt: dict) -> list:
             INSERT_CONVERSATION,
             sql.params([getattr(conversation, f) for f in CONVERSATION_FIELDS]),
         ),
-        (INSERT_MESSAGE, sql.params([prompt[f] for f in ANSWER_FIELDS])),
+        (INSERT_MESSAGE, sql.params([prompt[f] for f in MESSAGE_FIELDS])),
     ]
 
 
 # The answer, unless this generation has one already (a save run again after a commit whose
 # outcome was lost): RETURNING says whether this one made it.
 INSERT_ANSWER = (
-    f"INSERT INTO {MESSAGE} ({', '.join(ANSWER_FIELDS)}) "
-    f"SELECT {', '.join(['%s'] * len(ANSWER_FIELDS))} "
+    f"INSERT INTO {MESSAGE} ({', '.join(MESSAGE_FIELDS)}) "
+    f"SELECT {', '.join(['%s'] * len(MESSAGE_FIELDS))} "
     f"WHERE NOT EXISTS (SELECT 1 FROM {MESSAGE} WHERE generation_id = %s AND role = %s) "
     "RETURNING id"
 )
 
 
-def save_answer(values: dict) -> list:
+def save_answer(answer: dict, prompt_id: int) -> list:
     """Insert the answer, mark its prompt answered, move the conversation to the top."""
-    answer = [values[field] for field in ANSWER_FIELDS]
     return [
         (
             INSERT_ANSWER,
-            sql.params([*answer, values["generation_id"], Message.Role.ASSISTANT.value]),
+            sql.params(
+                [
+                    *(answer[field] for field in MESSAGE_FIELDS),
+                    answer["generation_id"],
+                    Message.Role.ASSISTANT.value,
+                ]
+            ),
         ),
-        (
-            f"UPDATE {MESSAGE} SET failed = %s WHERE id = %s",
-            sql.params([False, values["prompt_id"]]),
-        ),
+        (f"UPDATE {MESSAGE} SET failed = %s WHERE id = %s", sql.params([False, prompt_id])),
         (
             f"UPDATE {CONVERSATION} SET updated_at = %s WHERE id = %s",
-            sql.params([values["created_at"], values["conversation_id"]]),
+            sql.params([answer["created_at"], answer["conversation_id"]]),
         ),
     ]
 
 
-def answer_values(
-    conversation_id: UUID, prompt_id: int, generation_id: UUID, created_at: datetime, **rest
+def message_values(
+    conversation_id: UUID,
+    role: str,
+    content: str,
+    created_at: datetime,
+    generation_id: UUID,
+    *,
+    failed: bool = False,
+    interrupted: bool = False,
+    error: str = "",
+    finish_reason: str = "",
+    demo: bool = False,
 ) -> dict:
+    """A message's columns (MESSAGE_FIELDS), as the INSERTs above take them."""
     return {
         "conversation_id": conversation_id,
-        "prompt_id": prompt_id,
-        "generation_id": generation_id,
+        "role": role,
+        "content": content,
         "created_at": created_at,
-        "role": Message.Role.ASSISTANT.value,
-        "failed": False,
-        **rest,
+        "generation_id": generation_id,
+        "failed": failed,
+        "interrupted": interrupted,
+        "error": error,
+        "finish_reason": finish_reason,
+        "demo": demo,
     }
+
+
+def saved(pk: int, values: dict) -> Message:
+    """The Message of a row an INSERT above just wrote (Django's own from_db: the instance
+    knows it is saved)."""
+    return Message.from_db(
+        "default", ["id", *MESSAGE_FIELDS], [pk, *(values[f] for f in MESSAGE_FIELDS)]
+    )

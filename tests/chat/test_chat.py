@@ -486,7 +486,7 @@ def test_an_answer_that_cannot_be_saved_is_still_billed(alice, openai_mock, monk
     turn = services._start_turn(alice, "Hello")
     # The answer's INSERT fails (a constraint), after the settle in the same batch.
     broken = (f"INSERT INTO {chat_sql.MESSAGE} (role) VALUES (NULL) RETURNING id", [])
-    monkeypatch.setattr(chat_sql, "save_answer", lambda values: [broken])
+    monkeypatch.setattr(chat_sql, "save_answer", lambda answer, prompt_id: [broken])
     with pytest.raises(DatabaseError):
         async_to_sync(services.answer)(turn)
     generation = Generation.objects.get(pk=turn.reservation.generation_id)
@@ -575,6 +575,6 @@ def test_the_answer_statement_names_every_column_of_a_message():
     from chat.models import Conversation, Message
 
     columns = {field.column for field in Message._meta.concrete_fields}
-    assert columns == {*chat_sql.ANSWER_FIELDS, "id"}
+    assert columns == {*chat_sql.MESSAGE_FIELDS, "id"}
     conversation = {field.column for field in Conversation._meta.concrete_fields}
     assert conversation == set(chat_sql.CONVERSATION_FIELDS)
