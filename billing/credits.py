@@ -26,6 +26,7 @@ from usage import sql
 from usage.cycles import local_day
 from usage.limits import UsageLimitReached
 from usage.models import DailyUsage, UsageAccount
+from usage.pricing import COST_QUANTUM
 from usage.templatetags.money import usd
 
 GRANTS = CreditGrant._meta.db_table
@@ -97,13 +98,20 @@ def balance_from(grant_rows, charge_rows, held: Decimal, today: date) -> Balance
     return balance
 
 
+def _reads(user_id: int) -> list:
+    """The statements balance_from() reads: the user's grants and daily charges."""
+    return [(GRANTS_SQL, [user_id]), (CHARGES_SQL, [user_id, user_id])]
+
+
 def balance_for(user) -> Balance:
     """The user's balance now, answers in flight included (for pages and JSON)."""
     from usage.models import Generation
 
-    grant_rows, charge_rows = sql.batch((GRANTS_SQL, [user.pk]), (CHARGES_SQL, [user.pk, user.pk]))
-    held = Generation.objects.filter(user=user, status=Generation.Status.PENDING)
-    held = sum((g.reserved_cost for g in held.only("reserved_cost")), Decimal(0))
+    grant_rows, charge_rows = sql.batch(*_reads(user.pk))
+    held = Generation.objects.filter(user=user, status=Generation.Status.PENDING).aggregate(
+        total=models.Sum("reserved_cost")
+    )["total"]
+    held = _usd(held).quantize(COST_QUANTUM)  # SQLite sums decimals as floats
     return balance_from(grant_rows, charge_rows, held, local_day(timezone.now()))
 
 
@@ -138,9 +146,7 @@ class CreditLimit:
     balance read and checked in reserve()'s locked transaction."""
 
     def statements(self, user_id: int) -> list:
-        if not prepaid():
-            return []
-        return [(GRANTS_SQL, [user_id]), (CHARGES_SQL, [user_id, user_id])]
+        return _reads(user_id) if prepaid() else []
 
     def refusal(self, results, spend, worst_case: Decimal, now) -> UsageLimitReached | None:
         grant_rows, charge_rows = results

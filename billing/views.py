@@ -10,7 +10,7 @@ import stripe
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -140,13 +140,7 @@ def top_up(request: HttpRequest) -> HttpResponse:
         log.warning("Checkout for user %s: %s", request.user.pk, stripe_api.describe(error))
         messages.error(request, "Stripe could not start the payment just now. Please try again.")
         return redirect("billing:index")
-    return _see_other(url)
-
-
-def _see_other(url: str) -> HttpResponse:
-    response = HttpResponse(status=303)
-    response["Location"] = url
-    return response
+    return HttpResponseRedirect(url, status=303)  # See Other: a GET of Stripe's page
 
 
 def grant_dict(grant: CreditGrant) -> dict:
