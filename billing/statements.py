@@ -22,25 +22,10 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing.models import Correction, Statement, StatementCounter, StatementLine
-from usage.cycles import Cycle, account_cycle, first_cycle
+from usage.cycles import Cycle, cycles_ended_by
 from usage.models import DailyUsage, UsageAccount
 
 COUNTER = "statements"
-
-
-def ended_cycles(account: UsageAccount, as_of: date) -> list[Cycle]:
-    """The account's cycles that ended on or before local day `as_of`, oldest first (one
-    that a staff restart ended early among them)."""
-    cycles, cycle = [], first_cycle(account)
-    while cycle.end_date <= as_of:
-        cycles.append(cycle)
-        cycle = account_cycle(account, cycle.end_date, at=_end_of(as_of, cycle.tz))
-    return cycles
-
-
-def _end_of(day: date, tz) -> datetime:
-    """A moment on local `day`, for asking which cycles exist as of that day."""
-    return datetime.combine(day, time(12), tzinfo=tz)
 
 
 def _usage(user_id: int, start: date, end: date):
@@ -182,7 +167,7 @@ def close_cycles(as_of: date | None = None) -> Closed:
         have = set(
             Statement.objects.filter(user_id=account.user_id).values_list("cycle_start", flat=True)
         )
-        for cycle in ended_cycles(account, as_of):
+        for cycle in cycles_ended_by(account, as_of):
             if cycle.start_date in have:
                 continue
             statement = close(account, cycle, closed_at)

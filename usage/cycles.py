@@ -95,10 +95,10 @@ def _cycle_under(anchor: date, ends: date | None, day: date, tz: ZoneInfo) -> Cy
     return cycle
 
 
-def first_cycle(account) -> Cycle:
-    """The account's first cycle: the one containing its first anchor (the day it joined)."""
-    anchor, ends = _anchors(account)[0]
-    return _cycle_under(anchor, ends, anchor, settings.USAGE_TIME_ZONE)
+def _containing(anchors, day: date, tz: ZoneInfo) -> Cycle:
+    """The cycle containing `day` (on or after the first anchor) among `anchors`."""
+    anchor, ends = [(a, e) for a, e in anchors if a <= day][-1]
+    return _cycle_under(anchor, ends, day, tz)
 
 
 class NoSuchCycle(ValueError):
@@ -112,22 +112,34 @@ def account_cycle(account, day: date, at: datetime | None = None) -> Cycle:
         raise NoSuchCycle("That cycle has not started yet.")
     anchors = _anchors(account)
     if day < anchors[0][0]:
-        first = first_cycle(account)
+        first = _containing(anchors, anchors[0][0], current.tz)
         raise NoSuchCycle(
             f"Usage starts with the cycle of {first.start_date:%-d %b %Y}; there is none before."
         )
-    anchor, ends = [(a, e) for a, e in anchors if a <= day][-1]
-    return _cycle_under(anchor, ends, day, current.tz)
+    return _containing(anchors, day, current.tz)
 
 
 def earlier_cycles(account, count: int, at: datetime | None = None) -> list[Cycle]:
     """The current cycle and up to `count - 1` before it, newest first, none before the first."""
-    first = first_cycle(account)
+    anchors = _anchors(account)
     cycle = cycle_for(account, at)
+    first_day = anchors[0][0]
     cycles = [cycle]
-    while len(cycles) < count and cycle.start_date > first.start_date:
-        cycle = account_cycle(account, cycle.start_date - timedelta(days=1), at)
+    while len(cycles) < count and cycle.start_date > first_day:
+        cycle = _containing(anchors, cycle.start_date - timedelta(days=1), cycle.tz)
         cycles.append(cycle)
+    return cycles
+
+
+def cycles_ended_by(account, last_day: date) -> list[Cycle]:
+    """The account's cycles that ended on or before local day `last_day`, oldest first (one
+    that a staff restart ended early among them)."""
+    anchors = _anchors(account)
+    tz = settings.USAGE_TIME_ZONE
+    cycles, cycle = [], _containing(anchors, anchors[0][0], tz)
+    while cycle.end_date <= last_day:
+        cycles.append(cycle)
+        cycle = _containing(anchors, cycle.end_date, tz)
     return cycles
 
 
