@@ -341,45 +341,33 @@ try:
     USAGE_TIME_ZONE = ZoneInfo(env.str("USAGE_TIME_ZONE", default="UTC"))
 except (ZoneInfoNotFoundError, ValueError) as exc:
     raise ImproperlyConfigured(f"USAGE_TIME_ZONE is not a known time zone: {exc}") from exc
-try:
-    USAGE_DEFAULT_BUDGET_USD = env.get_value(
-        "USAGE_DEFAULT_BUDGET_USD", cast=Decimal, default=Decimal("5.00")
-    )
-except InvalidOperation as exc:
-    raise ImproperlyConfigured("USAGE_DEFAULT_BUDGET_USD must be an amount such as 5.00.") from exc
+
+
+def _decimal(name: str, default: str, example: str) -> Decimal:
+    """A decimal setting, or a start that stops naming it (negatives: the check below)."""
+    try:
+        return Decimal(env.str(name, default=default))
+    except InvalidOperation as exc:
+        raise ImproperlyConfigured(f"{name} must be {example}.") from exc
+
+
+USAGE_DEFAULT_BUDGET_USD = _decimal("USAGE_DEFAULT_BUDGET_USD", "5.00", "an amount such as 5.00")
 USAGE_DEFAULT_MESSAGE_LIMIT = env.int("USAGE_DEFAULT_MESSAGE_LIMIT", default=0)
 # --- Billing ------------------------------------------------------------------
 # The user's charge = provider cost x (1 + markup / 100), snapshotted on each generation
 # when it is reserved: changing it never changes a recorded generation.
-try:
-    BILLING_MARKUP_PERCENT = env.get_value(
-        "BILLING_MARKUP_PERCENT", cast=Decimal, default=Decimal("0")
-    )
-except InvalidOperation as exc:
-    raise ImproperlyConfigured("BILLING_MARKUP_PERCENT must be a number such as 20.") from exc
+BILLING_MARKUP_PERCENT = _decimal("BILLING_MARKUP_PERCENT", "0", "a number such as 20")
 BILLING_MODE = env.str("BILLING_MODE", default="off")
 if BILLING_MODE not in ("off", "metered", "prepaid"):
     raise ImproperlyConfigured(
         f"BILLING_MODE must be off, metered or prepaid, not {BILLING_MODE!r}."
     )
 
-
-def _usd(name: str, default: str) -> Decimal:
-    try:
-        value = Decimal(env.str(name, default=default))
-    except InvalidOperation as exc:
-        raise ImproperlyConfigured(f"{name} must be an amount in USD such as 5.00.") from exc
-    if value < 0:
-        raise ImproperlyConfigured(f"{name} cannot be negative (it is {value}).")
-    return value
-
-
-BILLING_SIGNUP_CREDIT_USD = _usd("BILLING_SIGNUP_CREDIT_USD", "0")
-BILLING_TOPUP_MIN_USD = _usd("BILLING_TOPUP_MIN_USD", "5")
-BILLING_TOPUP_MAX_USD = _usd("BILLING_TOPUP_MAX_USD", "500")
-BILLING_LOW_BALANCE_USD = _usd("BILLING_LOW_BALANCE_USD", "1")
-if BILLING_TOPUP_MIN_USD > BILLING_TOPUP_MAX_USD:
-    raise ImproperlyConfigured("BILLING_TOPUP_MIN_USD cannot be above BILLING_TOPUP_MAX_USD.")
+_AMOUNT = "an amount in USD such as 5.00"
+BILLING_SIGNUP_CREDIT_USD = _decimal("BILLING_SIGNUP_CREDIT_USD", "0", _AMOUNT)
+BILLING_TOPUP_MIN_USD = _decimal("BILLING_TOPUP_MIN_USD", "5", _AMOUNT)
+BILLING_TOPUP_MAX_USD = _decimal("BILLING_TOPUP_MAX_USD", "500", _AMOUNT)
+BILLING_LOW_BALANCE_USD = _decimal("BILLING_LOW_BALANCE_USD", "1", _AMOUNT)
 # Stripe (billing/stripe_api.py): off without a key. STRIPE_API_BASE points the official
 # client at a local Stripe mock.
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
@@ -402,9 +390,15 @@ for _name in (
     "USAGE_CACHE_SECONDS",
     "USAGE_REFRESH_SECONDS",
     "CHAT_HISTORY_BYTES",
+    "BILLING_SIGNUP_CREDIT_USD",
+    "BILLING_TOPUP_MIN_USD",
+    "BILLING_TOPUP_MAX_USD",
+    "BILLING_LOW_BALANCE_USD",
 ):
     if globals()[_name] < 0:
         raise ImproperlyConfigured(f"{_name} cannot be negative (it is {globals()[_name]}).")
+if BILLING_TOPUP_MIN_USD > BILLING_TOPUP_MAX_USD:
+    raise ImproperlyConfigured("BILLING_TOPUP_MIN_USD cannot be above BILLING_TOPUP_MAX_USD.")
 
 
 # --- Budget alerts (usage/alerts.py) ------------------------------------------
