@@ -155,6 +155,12 @@ def _finish(item: StripeOutbox, status: str, error: str = "") -> str:
     return status
 
 
+def _failed(item: StripeOutbox, error: stripe.StripeError, what: str = "") -> str:
+    """A try Stripe answered with an error: retried later if it may pass then, else parked."""
+    status = StripeOutbox.Status.PENDING if stripe_api.retryable(error) else "parked"
+    return _finish(item, status, what + stripe_api.describe(error))
+
+
 def _already_there(error: stripe.StripeError) -> bool:
     """Stripe's answer that an event with this identifier exists: it was delivered."""
     message = (error.user_message or "").lower()
@@ -179,8 +185,7 @@ def _send(item: StripeOutbox, customers: dict[int, str]) -> str | None:
         try:
             customer = customers[item.user_id] = stripe_api.customer_id(item.user_id)
         except stripe.StripeError as error:
-            status = StripeOutbox.Status.PENDING if stripe_api.retryable(error) else "parked"
-            return _finish(item, status, f"No Stripe customer: {stripe_api.describe(error)}")
+            return _failed(item, error, "No Stripe customer: ")
     options = {"idempotency_key": item.identifier}
     try:
         if kind == StripeOutbox.Kind.METER_EVENT:
@@ -216,8 +221,7 @@ def _send(item: StripeOutbox, customers: dict[int, str]) -> str | None:
     except stripe.StripeError as error:
         if kind == StripeOutbox.Kind.METER_EVENT and _already_there(error):
             return None
-        status = StripeOutbox.Status.PENDING if stripe_api.retryable(error) else "parked"
-        return _finish(item, status, stripe_api.describe(error))
+        return _failed(item, error)
     return None
 
 
