@@ -25,6 +25,7 @@ RUNS = [
     ("bench.streams", ["64"]),
     ("bench.streams", ["256"]),
     ("bench.turn_cpu", []),
+    ("bench.sdk_floor", []),
 ]
 
 
@@ -145,9 +146,24 @@ def rows(by: dict) -> list[tuple[str, str, str]]:
                     f"CPU per {kind} turn, production command (2 workers, PostgreSQL, Redis, "
                     f"capture on; {c['chunks']} chunks; {c['turns']} turns, {c['at_once']} at "
                     "once) vs a bare ASGI relay under the same command",
-                    f"**{r['product_ms']} ms** (runs {r['product_all_ms']}) vs relay "
+                    f"**{r['product_ms']} ms** (runs {r['product_all_ms']}; event loops "
+                    f"{r['product_loop_ms']} ms, threads the rest) vs relay "
                     f"{r['relay_ms']} ms (runs {r['relay_all_ms']}): **{r['ratio']}x**",
                     target,
+                )
+            )
+    f = by.get(("sdk_floor", None, None))
+    if f:
+        for kind in ("plain", "streamed"):
+            table.append(
+                (
+                    f"CPU per {kind} call in one process ({f['chunks']} chunks, {f['at_once']} "
+                    "in flight): httpx2 alone vs the OpenAI SDK vs PostHog's wrapper around it, "
+                    "as a turn calls it: the floor under a turn",
+                    f"raw {f[kind + '_raw_ms']} ms · SDK {f[kind + '_sdk_ms']} ms · wrapped "
+                    f"**{f[kind + '_wrapped_ms']} ms** (rounds {f[kind + '_wrapped_all_ms']}): "
+                    f"the SDK and wrapper add **{f[kind + '_added_ms']} ms**",
+                    "",
                 )
             )
     return table

@@ -4,7 +4,8 @@ Both run as `gunicorn -c gunicorn.conf.py` (2 uvicorn workers) against the same 
 (30 chunks an answer), driven by one asyncio client with 8 turns in flight. The product
 has PostgreSQL, Redis and PostHog capture (to a loopback sink) on. The figure is the
 worker processes' CPU time (user + system, from /proc) over the turns, divided by the
-turns: for streamed and for plain turns, then each as a ratio to the relay's, and again
+turns (and the share of it the workers' event-loop threads used, the rest being the threads
+sync code runs in): for streamed and for plain turns, then each as a ratio to the relay's, and again
 with metered Stripe billing on (the meter-event outbox, and its sender, against a loopback
 Stripe), as what billing adds to a turn.
 """
@@ -27,16 +28,20 @@ CHUNKS = 30
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def workers_cpu(master_pid: int) -> float:
-    """CPU seconds the master's children (the workers) have used so far."""
+def _cpu(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def workers_cpu(master_pid: int, loop_only: bool = False) -> float:
+    """CPU seconds the master's children (the workers) have used so far; with `loop_only`,
+    only their main threads (the event loops), not the threads sync code runs in."""
     children = []
     for task in Path(f"/proc/{master_pid}/task").iterdir():
         children += (task / "children").read_text().split()
-    total = 0
-    for pid in children:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
+    if loop_only:
+        return sum(_cpu(Path(f"/proc/{pid}/task/{pid}/stat")) for pid in children)
+    return sum(_cpu(Path(f"/proc/{pid}/stat")) for pid in children)
 
 
 async def one_turn(client, url, stream, cookies, headers) -> bool:
@@ -71,10 +76,13 @@ async def turns(url, count, stream, cookies=None, headers=None) -> int:
 def per_turn(master_pid, url, stream, cookies=None, headers=None) -> dict:
     asyncio.run(turns(url, 2 * AT_ONCE, stream, cookies, headers))  # warm up
     before, started = workers_cpu(master_pid), time.monotonic()
+    loop_before = workers_cpu(master_pid, loop_only=True)
     ok = asyncio.run(turns(url, TURNS, stream, cookies, headers))
     cpu = workers_cpu(master_pid) - before
+    loop = workers_cpu(master_pid, loop_only=True) - loop_before
     return {
         "ms": round(cpu / TURNS * 1000, 2),
+        "loop_ms": round(loop / TURNS * 1000, 2),  # the rest ran in threads
         "ok": ok,
         "wall_s": round(time.monotonic() - started, 1),
     }
@@ -166,6 +174,7 @@ def main():
             "product_ms": ours,
             "relay_ms": bare,
             "ratio": round(ours / bare, 2) if bare else None,
+            "product_loop_ms": statistics.median(p[kind]["loop_ms"] for _, p in runs),
             "product_all_ms": [p[kind]["ms"] for _, p in runs],
             "relay_all_ms": [r[kind]["ms"] for r, _ in runs],
             "ok": [p[kind]["ok"] for _, p in runs],

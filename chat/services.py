@@ -29,6 +29,7 @@ from chat import llm, spool
 from chat import sql as chat_sql
 from chat.models import Conversation, Message
 from chat.render import markdown_html
+from chatusage import ratelimit
 from chatusage.db import step
 from chatusage.errors import ApiError
 from usage import limits
@@ -183,14 +184,25 @@ def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
     return ChatError("model_not_priced", detail, **extra)
 
 
-def _start_turn(user, prompt_text, conversation_id=None) -> Turn:
-    """Validate, then reserve budget for the call and save the prompt (and a new
-    conversation) in one transaction: one commit, and never one without the other.
+def _check_rate(user) -> None:
+    wait = ratelimit.wait_seconds(f"chat:{user.pk}")
+    if wait:
+        # A new error each time: one shared instance chained every request's traceback
+        # (and so every rate-limited request and its body) onto itself.
+        raise ChatError("rate_limited", {"wait": wait}, retry_after=wait)
+
+
+def start_turn(user, prompt_text, conversation_id=None) -> Turn:
+    """Count the turn against the user's rate limit, validate, then reserve budget for the
+    call and save the prompt (and a new conversation) in one transaction: one commit, and
+    never one without the other. All of it is one step of the request (one thread hand-off
+    and one pooled connection).
 
     A refused turn (bad input, budget, message limit, unpriced model) writes nothing but
     the refusal's alert: the prompt goes back to the composer with the reason. An accepted
     prompt is saved marked failed until answered, so a failed call never loses it.
     """
+    _check_rate(user)
     text = clean_prompt(prompt_text)
     conversation = conversation_for(user, conversation_id) if conversation_id else None
     messages = history(conversation, text)
@@ -222,8 +234,8 @@ def _start_turn(user, prompt_text, conversation_id=None) -> Turn:
     return Turn(user, conversation, prompt, messages, reservation, provider)
 
 
-async def start_turn(user, prompt_text, conversation_id=None) -> Turn:
-    return await step(_start_turn, user, prompt_text, conversation_id)
+async def astart_turn(user, prompt_text, conversation_id=None) -> Turn:
+    return await step(start_turn, user, prompt_text, conversation_id)
 
 
 def _call_context(turn: Turn) -> dict:

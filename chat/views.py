@@ -3,8 +3,8 @@ holds no thread and no database connection while the model works (chat/services.
 
 import json
 
-from asgiref.sync import sync_to_async
 from django.contrib import messages
+from django.contrib.auth import get_user
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
 from django.core.paginator import Paginator
@@ -16,21 +16,12 @@ from django.views.decorators.http import require_http_methods, require_POST
 from billing import credits
 from chat import services
 from chat.models import Conversation
-from chatusage import ratelimit
-from chatusage.api import api_view, error, error_response, json_body
+from chatusage.api import api_view, error_response, json_body
 from chatusage.db import step
+from chatusage.errors import ApiError
 from usage import alerts
 from usage.cycles import cycle_for, local_day
 from usage.models import UsageAccount
-
-
-async def _check_rate(user) -> None:
-    wait = await sync_to_async(ratelimit.wait_seconds)(f"chat:{user.pk}")
-    if wait:
-        # A new error each time: one shared instance chained every request's traceback
-        # (and so every rate-limited request and its body) onto itself.
-        raise services.ChatError("rate_limited", {"wait": wait}, retry_after=wait)
-
 
 CONVERSATIONS_PER_PAGE = 50
 
@@ -92,8 +83,7 @@ async def _post_without_js(request, conversation):
     """The plain form: post, redirect, the page shows the answer (or the error and the prompt)."""
     prompt = request.POST.get("prompt", "")
     try:
-        await _check_rate(request.user)
-        turn = await services.start_turn(
+        turn = await services.astart_turn(
             request.user, prompt, conversation.pk if conversation else None
         )
         answer = await services.answer(turn)
@@ -168,31 +158,42 @@ class EventStreamResponse(StreamingHttpResponse):
             super().close()
 
 
-@api_view(("POST",))
+def _begin(request: HttpRequest) -> tuple[services.Turn, bool]:
+    """All that comes before the model is called, in one step (one thread hand-off, one
+    pooled connection): the user, the request's body, the turn's start (the rate limit, the
+    reservation and the prompt). Raises ApiError with the answer: not_authenticated first,
+    so a logged-out client learns nothing from the body's checks."""
+    request.user = get_user(request)
+    if not request.user.is_authenticated:
+        raise ApiError("not_authenticated")
+    try:
+        body = json_body(request)
+    except RequestDataTooBig as exc:
+        raise ApiError("body_too_large") from exc
+    except ValueError as exc:
+        raise ApiError("invalid_json", {"detail": str(exc)}) from exc
+    conversation_id = body.get("conversation_id")
+    if conversation_id is not None and not isinstance(conversation_id, str):
+        raise ApiError("invalid_conversation_id")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError("invalid_stream")
+    try:
+        return services.start_turn(request.user, body.get("prompt"), conversation_id), stream
+    except Http404 as exc:
+        raise ApiError("not_found") from exc
+
+
+@api_view(("POST",), loads_user=False)
 async def api_chat(request: HttpRequest) -> HttpResponse:
     """POST {"prompt", "conversation_id"?, "stream"?} -> {"response", "conversation_id", ...}."""
     try:
-        body = json_body(request)
-    except RequestDataTooBig:
-        return error("body_too_large")
-    except ValueError as exc:
-        return error("invalid_json", {"detail": str(exc)})
-    conversation_id = body.get("conversation_id")
-    if conversation_id is not None and not isinstance(conversation_id, str):
-        return error("invalid_conversation_id")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        return error("invalid_stream")
-    try:
-        await _check_rate(request.user)
-        turn = await services.start_turn(request.user, body.get("prompt"), conversation_id)
+        turn, stream = await step(_begin, request)
         if stream:
             return EventStreamResponse(turn)
         answer = await services.answer(turn)
-    except services.ChatError as exc:
+    except ApiError as exc:
         return error_response(exc)
-    except Http404:
-        return error("not_found")
     return JsonResponse(
         {
             "response": answer.message.content,

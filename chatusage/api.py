@@ -33,10 +33,13 @@ def _not_authenticated() -> JsonResponse:
     return error("not_authenticated")
 
 
-def api_view(methods: tuple[str, ...]):
+def api_view(methods: tuple[str, ...], *, loads_user: bool = True):
     """Login required (401 JSON) and allowed methods (405 JSON) for an /api/ view.
 
     Works on sync and async views; an async view finds the user loaded in request.user.
+    With `loads_user` off, an async view loads the user (and answers not_authenticated)
+    itself, in its first step beside its own database work: one thread hand-off and one
+    pooled connection instead of two.
     """
 
     def decorator(view):
@@ -46,6 +49,8 @@ def api_view(methods: tuple[str, ...]):
             async def async_wrapper(request, *args, **kwargs):
                 if request.method not in methods:
                     return _method_not_allowed(methods)
+                if not loads_user:
+                    return await view(request, *args, **kwargs)
                 # The user is loaded in a short step that gives its connection back:
                 # an async view may then wait on a model without holding one.
                 request.user = await step(get_user, request)

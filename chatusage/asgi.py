@@ -6,12 +6,19 @@ file and wait as long as it liked to send it. The guard answers 413 at once for 
 length above DATA_UPLOAD_MAX_MEMORY_SIZE, stops a chunked body at the same size, and gives
 a body REQUEST_BODY_TIMEOUT seconds to arrive (408 after that). Only then does Django read
 the body, from memory.
+
+Each request's sync code (Django's signals, session and user loads, the ledger steps) runs
+on a thread of its own, as Django requires; here that thread is taken from a pool of idle
+ones instead of started for the request (see RequestThreads).
 """
 
 import asyncio
 import json
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
+from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.core.asgi import get_asgi_application
 
@@ -57,9 +64,49 @@ async def _read_body(receive, limit: int) -> tuple[list[dict], str | None]:
             return messages, None
 
 
+class RequestThreads:
+    """Single-thread executors for requests, reused from one request to the next.
+
+    Django's ASGI handler gives every request a ThreadSensitiveContext, and asgiref then
+    starts a thread for the request's first sync call and, when the request ends, a second
+    thread to join it: two threads started and stopped for every request. A context given
+    an executor of ours uses it instead (asgiref >= 3.10), so a request still has its sync
+    code to itself on one thread, but the thread was already running. At most `keep` idle
+    threads are kept after a burst.
+    """
+
+    def __init__(self, keep: int = 64):
+        self.keep = keep
+        self._idle: deque[ThreadPoolExecutor] = deque()
+
+    def take(self) -> ThreadPoolExecutor:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+
+    def give_back(self, executor: ThreadPoolExecutor) -> None:
+        if len(self._idle) < self.keep:
+            self._idle.append(executor)
+        else:
+            executor.shutdown(wait=False)
+
+
+request_threads = RequestThreads()
+
+
 async def application(scope, receive, send):
     if scope["type"] != "http":
         return await django_application(scope, receive, send)
+    executor = request_threads.take()
+    try:
+        async with ThreadSensitiveContext(executor=executor):
+            return await _guarded(scope, receive, send)
+    finally:
+        request_threads.give_back(executor)
+
+
+async def _guarded(scope, receive, send):
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     for name, value in scope["headers"]:  # the server already refused a malformed length
         if name == b"content-length" and value.isdigit() and int(value) > limit:

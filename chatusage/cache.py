@@ -10,11 +10,49 @@ import functools
 import logging
 
 from django.core.cache import caches
+from django.core.cache.backends import redis as django_redis
 from redis import RedisError
 
 log = logging.getLogger(__name__)
 
 CACHE_ERRORS = (RedisError, OSError)  # a refused, dropped or timed-out cache connection
+
+
+class RedisCacheClient(django_redis.RedisCacheClient):
+    """Django's client, with one redis.Redis object per connection pool.
+
+    Django's makes a new redis.Redis for every call, and each builds a table of about 170
+    response callbacks: that was 0.25 ms of CPU of a 0.4 ms cache read. A redis.Redis over
+    a connection pool is safe to share between threads.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._clients = {}
+
+    def get_client(self, key=None, *, write=False):
+        pool = self._get_connection_pool(write)
+        client = self._clients.get(pool)
+        if client is None:
+            client = self._clients[pool] = self._client(connection_pool=pool)
+        return client
+
+
+class RedisCache(django_redis.RedisCache):
+    """Django's Redis cache backend on the client above (settings.CACHES)."""
+
+    def __init__(self, server, params):
+        super().__init__(server, params)
+        self._class = RedisCacheClient
+
+    def count(self, key: str, timeout: int) -> int:
+        """Add one to the counter at `key`, made at 0 to last `timeout` seconds if it is
+        not there: what add() then incr() do, in one round trip."""
+        key = self.make_and_validate_key(key)
+        pipeline = self._cache.get_client(key, write=True).pipeline(transaction=False)
+        pipeline.set(key, 0, ex=timeout, nx=True)
+        pipeline.incr(key)
+        return pipeline.execute()[1]
 
 
 @functools.cache

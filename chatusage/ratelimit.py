@@ -11,7 +11,7 @@ import time
 
 from django.conf import settings
 
-from chatusage.cache import CACHE_ERRORS, shared
+from chatusage.cache import CACHE_ERRORS, RedisCache, shared
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,19 @@ def parse_rate(rate: str) -> tuple[int, int]:
     """'20/60' -> (20 requests, 60 seconds)."""
     count, _, seconds = rate.partition("/")
     return int(count), int(seconds or 60)
+
+
+def _count(cache, key: str, timeout: int) -> int:
+    """One more request in the window's counter; the count so far."""
+    if isinstance(cache, RedisCache):  # production: one round trip
+        return cache.count(key, timeout)
+    # add() is atomic: only the first request of a window creates the counter.
+    cache.add(key, 0, timeout=timeout)
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.add(key, 1, timeout=timeout)
+        return 1
 
 
 def wait_seconds(key: str, rate: str | None = None) -> int:
@@ -31,13 +44,7 @@ def wait_seconds(key: str, rate: str | None = None) -> int:
     bucket = f"ratelimit:{key}:{int(now // window)}"
     cache = shared()
     try:
-        # add() is atomic: only the first request of a window creates the counter.
-        cache.add(bucket, 0, timeout=window + 1)
-        try:
-            count = cache.incr(bucket)
-        except ValueError:  # expired between add and incr
-            cache.add(bucket, 1, timeout=window + 1)
-            count = 1
+        count = _count(cache, bucket, window + 1)
     except CACHE_ERRORS as exc:
         log.warning("Rate limit not applied: the cache did not answer (%s).", type(exc).__name__)
         return 0

@@ -153,6 +153,7 @@ if _cache_url.startswith("locmem://"):
     _cache_url = "locmemcache://" + _cache_url.removeprefix("locmem://")
 CACHES = {"default": env.cache_url_config(_cache_url)}
 if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    CACHES["default"]["BACKEND"] = "chatusage.cache.RedisCache"  # one client, not one a call
     # A dead or hanging Redis must cost a request half a second, not the OS's TCP timeouts.
     CACHES["default"].setdefault("OPTIONS", {}).update(
         socket_connect_timeout=env.float("CACHE_TIMEOUT", default=0.5),

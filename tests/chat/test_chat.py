@@ -459,13 +459,13 @@ def test_a_prompt_that_cannot_be_saved_holds_no_budget(alice, openai_mock, monke
         chat_sql, "start_conversation", lambda c, values: [starting(c, values)[0], broken_insert]
     )
     with pytest.raises(DatabaseError):
-        services._start_turn(alice, "Hello")
+        services.start_turn(alice, "Hello")
     assert not Generation.objects.exists()
     assert not Conversation.objects.exists()
     monkeypatch.undo()
 
     # An existing conversation.
-    turn = services._start_turn(alice, "Hello")
+    turn = services.start_turn(alice, "Hello")
     services.limits.settle(turn.reservation, error="not this test's point")
 
     def broken(*args, **kwargs):
@@ -473,7 +473,7 @@ def test_a_prompt_that_cannot_be_saved_holds_no_budget(alice, openai_mock, monke
 
     monkeypatch.setattr(services, "_save_prompt", broken)
     with pytest.raises(RuntimeError):
-        services._start_turn(alice, "Again", conversation_id=str(turn.conversation.pk))
+        services.start_turn(alice, "Again", conversation_id=str(turn.conversation.pk))
     assert Generation.objects.count() == 1
 
 
@@ -483,7 +483,7 @@ def test_an_answer_that_cannot_be_saved_is_still_billed(alice, openai_mock, monk
 
     from chat import sql as chat_sql
 
-    turn = services._start_turn(alice, "Hello")
+    turn = services.start_turn(alice, "Hello")
     # The answer's INSERT fails (a constraint), after the settle in the same batch.
     broken = (f"INSERT INTO {chat_sql.MESSAGE} (role) VALUES (NULL) RETURNING id", [])
     monkeypatch.setattr(chat_sql, "save_answer", lambda answer, prompt_id: [broken])
@@ -506,7 +506,7 @@ def test_an_unexpected_failure_in_a_call_is_recorded_as_itself_not_as_a_client_g
         raise RuntimeError("a bug of ours")
 
     monkeypatch.setattr(services.llm, "complete", broken)
-    turn = services._start_turn(alice, "Hello")
+    turn = services.start_turn(alice, "Hello")
     with pytest.raises(RuntimeError):
         async_to_sync(services.answer)(turn)
     generation = Generation.objects.get(pk=turn.reservation.generation_id)

@@ -204,7 +204,7 @@ def test_a_call_slower_than_the_old_expiry_keeps_its_hold(alice, openai_mock, se
         budget = first.reserved_cost * Decimal("1.5")  # room for one call, not two
         await step(set_budget, alice, budget)
         with pytest.raises(services.ChatError) as refused:
-            await services.start_turn(alice, "A second message at once")
+            await services.astart_turn(alice, "A second message at once")
         async for _ in parts:
             pass
         await client_goes_away(response, parts)
@@ -261,7 +261,7 @@ def test_a_client_that_stops_reading_cannot_keep_a_call_past_its_deadline(
         first = await Generation.objects.filter(user=alice).aget()
         settled = await settled_row(first.pk)
         with pytest.raises(services.ChatError) as refused:
-            await services.start_turn(alice, "A second message")
+            await services.astart_turn(alice, "A second message")
         await client_goes_away(response, parts)
         return settled, refused.value
 
@@ -352,7 +352,7 @@ def test_an_answer_the_database_cannot_take_waits_on_disk_and_is_saved_once_late
 
 
 def test_saving_the_same_answer_twice_bills_and_shows_it_once(alice, openai_mock):
-    turn = services._start_turn(alice, "Hello")
+    turn = services.start_turn(alice, "Hello")
     completion = llm.Completion("Hi there.", limits.TokenUsage(20, 0, 5), latency_ms=10)
     record = services.AnswerRecord.of(turn, completion, False, None)
     first, answer, _ = record.save()

@@ -295,7 +295,7 @@ def test_a_call_in_flight_at_the_end_of_a_cycle_is_charged_to_the_cycle_it_began
     assert old.end == new.start == datetime(2026, 4, 15, tzinfo=zone)
 
     at(monkeypatch, datetime(2026, 4, 14, 23, 59, 50, tzinfo=zone))  # reserved in the old cycle
-    turn = services._start_turn(alice, "Just before midnight")
+    turn = services.start_turn(alice, "Just before midnight")
     at(monkeypatch, datetime(2026, 4, 15, 0, 0, 10, tzinfo=zone))  # answered in the new one
     answer = async_to_sync(services.answer)(turn)
     cost = Generation.objects.get(pk=answer.generation_id).charge
