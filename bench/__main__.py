@@ -93,6 +93,21 @@ def rows(by: dict) -> list[tuple[str, str, str]]:
                     "≤ 1.5 ms on PostgreSQL" if db == "postgres" else "",
                 )
             )
+    outbox = [(db, by.get(("ledger", db, None))) for db in ("postgres", "sqlite")]
+    if all(r for _, r in outbox):
+        table.append(
+            (
+                "What the meter-event outbox adds to a settle, in the answer's transaction as a "
+                "chat turn settles (`bench/ledger.py`, reserve + settle, metered on vs off, "
+                "interleaved)",
+                " · ".join(
+                    f"{db} {r['chat_settle_billing_off_ms']} → {r['chat_settle_metered_ms']} ms: "
+                    f"**{r['metered_outbox_added_ms']:+} ms** (n={r['chat_settle_metered_n']})"
+                    for db, r in outbox
+                ),
+                "≤ +0.3 ms",
+            )
+        )
     d = by.get(("dashboard", "postgres", None))
     if d:
         table.append(
@@ -152,6 +167,19 @@ def rows(by: dict) -> list[tuple[str, str, str]]:
                     target,
                 )
             )
+        plain, streamed = c["plain"], c["streamed"]
+        table.append(
+            (
+                "What metered billing adds to a turn's CPU, the same (loopback Stripe)",
+                "outbox writes only (`STRIPE_SEND_AFTER_COMMIT=false`): plain "
+                f"**{plain['metered_outbox_writes_added_ms']:+} ms** (runs "
+                f"{plain['metered_outbox_writes_all_ms']}), streamed "
+                f"{streamed['metered_outbox_writes_added_ms']:+} ms · writes and sending in the "
+                f"worker: plain **{plain['metered_outbox_and_sending_added_ms']:+} ms**, "
+                f"streamed {streamed['metered_outbox_and_sending_added_ms']:+} ms",
+                "writes ≤ +0.3 ms",
+            )
+        )
     f = by.get(("sdk_floor", None, None))
     if f:
         for kind in ("plain", "streamed"):
