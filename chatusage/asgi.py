@@ -95,12 +95,27 @@ class RequestThreads:
 request_threads = RequestThreads()
 
 
+class _RequestContext(ThreadSensitiveContext):
+    """The request's context, on a thread from RequestThreads.
+
+    asgiref refuses a thread-sensitive call from a task that outlives a context given an
+    executor. A settle can outlive its request: a stop that cancels a request a second time
+    ends it while the settle of what was delivered still runs (services._settle shields
+    it). That settle must still save the answer, so, as in the context Django makes
+    itself, such a late call gets a thread of its own instead.
+    """
+
+    async def __aexit__(self, *exc_info):
+        await super().__aexit__(*exc_info)
+        self._exited = False
+
+
 async def application(scope, receive, send):
     if scope["type"] != "http":
         return await django_application(scope, receive, send)
     executor = request_threads.take()
     try:
-        async with ThreadSensitiveContext(executor=executor):
+        async with _RequestContext(executor=executor):
             return await _guarded(scope, receive, send)
     finally:
         request_threads.give_back(executor)

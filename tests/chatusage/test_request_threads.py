@@ -99,3 +99,25 @@ def test_idle_threads_past_the_limit_are_stopped():
     assert threads.take() is first
     with pytest.raises(RuntimeError):
         second.submit(print)
+
+
+def test_a_settle_that_outlives_its_request_still_runs_its_steps():
+    """A stop can end a request while the shielded settle of what it delivered still runs:
+    that settle's database steps must still run (asgiref would refuse them)."""
+    from chatusage.db import step
+
+    async def scenario():
+        go = asyncio.Event()
+
+        async def settle():
+            await go.wait()
+            return await step(threading.get_ident)
+
+        executor = asgi.request_threads.take()
+        async with asgi._RequestContext(executor=executor):
+            late = asyncio.ensure_future(settle())
+        asgi.request_threads.give_back(executor)
+        go.set()
+        return await late
+
+    assert async_to_sync(scenario)() != threading.get_ident()
