@@ -4,10 +4,10 @@ Both run as `gunicorn -c gunicorn.conf.py` (2 uvicorn workers) against the same 
 (30 chunks an answer), driven by one asyncio client with 8 turns in flight. The product
 has PostgreSQL, Redis and PostHog capture (to a loopback sink) on. The figure is the
 worker processes' CPU time (user + system, from /proc) over the turns, divided by the
-turns (and the share of it the workers' event-loop threads used, the rest being the threads
-sync code runs in): for streamed and for plain turns, then each as a ratio to the relay's, and again
-with metered Stripe billing on (the meter-event outbox, and its sender, against a loopback
-Stripe), as what billing adds to a turn.
+turns (and the share the workers' event-loop threads used; the rest ran in the threads sync
+code runs in): for streamed and for plain turns, then each as a ratio to the relay's, and
+again with metered Stripe billing on (the meter-event outbox, and its sender, against a
+loopback Stripe), as what billing adds to a turn.
 """
 
 import asyncio
