@@ -35,7 +35,8 @@ def redis_cache():
     if not _redis_answers():
         pytest.skip("Redis is not answering on 127.0.0.1:6379")
     shared_cache.shared.cache_clear()
-    with override_settings(CACHES=_backend("redis://127.0.0.1:6379/7")):
+    # Database 9: the end-to-end servers use 7 and empty it when they start.
+    with override_settings(CACHES=_backend("redis://127.0.0.1:6379/9")):
         yield shared_cache.shared()
     shared_cache.shared.cache_clear()
 
