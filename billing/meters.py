@@ -157,7 +157,9 @@ def _finish(item: StripeOutbox, status: str, error: str = "") -> str:
 
 def _failed(item: StripeOutbox, error: stripe.StripeError, what: str = "") -> str:
     """A try Stripe answered with an error: retried later if it may pass then, else parked."""
-    status = StripeOutbox.Status.PENDING if stripe_api.retryable(error) else "parked"
+    status = (
+        StripeOutbox.Status.PENDING if stripe_api.retryable(error) else StripeOutbox.Status.PARKED
+    )
     return _finish(item, status, what + stripe_api.describe(error))
 
 

@@ -437,11 +437,6 @@ def refusal(
     return None
 
 
-def _after_commit(outboxes) -> None:
-    for outbox, _ in outboxes:
-        transaction.on_commit(outbox.committed)
-
-
 def settle(
     reservation: Reservation,
     usage: TokenUsage | None = None,
@@ -557,8 +552,6 @@ def settle_with(
                 _recent_spend(user_id, now),
             )
             won = bool(results[len(statements) - 1])
-            extra = results[len(statements) + len(written) :]
-            _after_commit(outboxes)
             if won and account_rows:
                 account, spend, _ = _standing(user_id, now, account_rows[0], spend_rows)
                 alerts.after_settle(account, spend.cycle, spend.settled_cost, fields["charge"])
@@ -568,14 +561,15 @@ def settle_with(
         alone = sql.postgres() and not written and not also
         with nullcontext() if alone else transaction.atomic(savepoint=False):
             results = sql.batch(*statements, *written, *also)
-            _after_commit(outboxes)
         won = bool(results[len(statements) - 1])
-        extra = results[len(statements) + len(written) :]
-    if won:
-        for callback in hooks.after_settle:
-            transaction.on_commit(partial(callback, user_id, fields))
+    extra = results[len(statements) + len(written) :]
+    # After the settle's commit, or the caller's transaction's when there is one.
+    for outbox, _ in outboxes:
+        transaction.on_commit(outbox.committed)
     if not won:  # settled before (a retry, or expiry raced us): report what the row holds
         return Settlement.of(Generation.objects.get(pk=reservation.generation_id)), extra
+    for callback in hooks.after_settle:
+        transaction.on_commit(partial(callback, user_id, fields))
     settlement = Settlement(
         generation_id=reservation.generation_id, user_id=user_id, model=reservation.model, **fields
     )
