@@ -189,7 +189,7 @@ class UserAdmin(UsageUserAdmin):
 
     @admin.display(description="Balance")
     def credit(self, obj):
-        balance = credits.balance_for(obj)
+        balance = credits.balance_for(obj.pk)
         grants = reverse("admin:billing_creditgrant_changelist") + f"?user__id__exact={obj.pk}"
         add = reverse("admin:billing_creditgrant_add") + f"?user={obj.pk}"
         return format_html(

@@ -103,12 +103,12 @@ def _reads(user_id: int) -> list:
     return [(GRANTS_SQL, [user_id]), (CHARGES_SQL, [user_id, user_id])]
 
 
-def balance_for(user) -> Balance:
+def balance_for(user_id: int) -> Balance:
     """The user's balance now, answers in flight included (for pages and JSON)."""
     from usage.models import Generation
 
-    grant_rows, charge_rows = sql.batch(*_reads(user.pk))
-    held = Generation.objects.filter(user=user, status=Generation.Status.PENDING).aggregate(
+    grant_rows, charge_rows = sql.batch(*_reads(user_id))
+    held = Generation.objects.filter(user_id=user_id, status=Generation.Status.PENDING).aggregate(
         total=models.Sum("reserved_cost")
     )["total"]
     held = _usd(held).quantize(COST_QUANTUM)  # SQLite sums decimals as floats
@@ -220,7 +220,7 @@ def low_balance_check(user_id: int, fields: dict) -> None:
     last = CreditGrant.objects.filter(user_id=user_id, amount__gt=0).order_by("-created_at").first()
     if last is None:
         return
-    balance = balance_for(last.user)
+    balance = balance_for(user_id)
     if balance.left >= line:
         return
     spent_since = Generation.objects.filter(

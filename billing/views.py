@@ -106,7 +106,7 @@ def _prepaid_context(request, top_up_error: str = "") -> dict:
         return {}
     low, high = settings.BILLING_TOPUP_MIN_USD, settings.BILLING_TOPUP_MAX_USD
     return {
-        "balance": credits.balance_for(request.user),
+        "balance": credits.balance_for(request.user.pk),
         "grants": CreditGrant.objects.filter(user=request.user)[:GRANTS_SHOWN],
         "can_top_up": stripe_api.enabled(),
         "presets": [p for p in TOP_UP_PRESETS if low <= p <= high],
@@ -157,7 +157,7 @@ def grant_dict(grant: CreditGrant) -> dict:
 def api_billing(request: HttpRequest) -> HttpResponse:
     """The logged-in user's billing, as JSON (money as 6-decimal text, as /api/usage/)."""
     prepaid = credits.prepaid()
-    balance = credits.balance_for(request.user) if prepaid else None
+    balance = credits.balance_for(request.user.pk) if prepaid else None
     return JsonResponse(
         {
             "mode": settings.BILLING_MODE,

@@ -42,7 +42,7 @@ def _page(request, conversation=None, *, prompt="", error_message="", status=200
         {
             "account": account,
             "budget": services.budget_view(request.user, account),
-            "credit": credits.balance_for(request.user) if credits.prepaid() else None,
+            "credit": credits.balance_for(request.user.pk) if credits.prepaid() else None,
             "estimate": services.estimate_basis(conversation),
             "alert_banner": alerts.banner_alerts(request.user, cycle_for(account)),
             "conversation": conversation,

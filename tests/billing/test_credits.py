@@ -61,7 +61,7 @@ def deliver(payload, secret=SECRET, at=None, client=None):
 
 
 def balance(user) -> Decimal:
-    return credits.balance_for(user).left
+    return credits.balance_for(user.pk).left
 
 
 def given(user, amount, **extra):
@@ -367,7 +367,7 @@ def test_fifty_parallel_calls_never_overdraw_the_balance(
             except InsufficientCredits:
                 outcomes.append("refused")
                 return
-            assert credits.balance_for(user).available >= 0
+            assert credits.balance_for(user.pk).available >= 0
             settle(reservation, TokenUsage(0, 0, 100))  # the worst case, really charged
             outcomes.append("ok")
         finally:
@@ -389,7 +389,7 @@ def test_fifty_parallel_calls_never_overdraw_the_balance(
         thread.join(timeout=120)
     answered = outcomes.count("ok")
     assert len(outcomes) == 50
-    final = credits.balance_for(user)
+    final = credits.balance_for(user.pk)
     assert final.left >= 0 and final.held == 0
     if top_up_midway:
         assert k <= answered <= k + 3
