@@ -47,7 +47,8 @@ def untracked():
     from django.utils import timezone
 
     from chat import llm
-    from usage import limits, sql
+    from chatusage.db import batch
+    from usage import limits
     from usage.pricing import price_for
 
     price = price_for(llm.current_provider().model)
@@ -78,7 +79,7 @@ def untracked():
 
     def settle_with(reservation, usage=None, *, also=(), **fields):
         # The chat's own statements (the answer, the standing it shows) still run.
-        return settle(reservation, usage, **fields), sql.batch(*also) if also else []
+        return settle(reservation, usage, **fields), batch(*also) if also else []
 
     async def create(**options):
         options = {k: v for k, v in options.items() if not k.startswith("posthog_")}

@@ -22,7 +22,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from billing.models import CreditGrant
-from usage import sql
+from chatusage.db import batch
 from usage.cycles import local_day
 from usage.limits import UsageLimitReached
 from usage.models import DailyUsage, UsageAccount
@@ -107,7 +107,7 @@ def balance_for(user_id: int) -> Balance:
     """The user's balance now, answers in flight included (for pages and JSON)."""
     from usage.models import Generation
 
-    grant_rows, charge_rows = sql.batch(*_reads(user_id))
+    grant_rows, charge_rows = batch(*_reads(user_id))
     held = Generation.objects.filter(user_id=user_id, status=Generation.Status.PENDING).aggregate(
         total=models.Sum("reserved_cost")
     )["total"]

@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from billing import stripe_api
 from billing.models import Correction, StripeOutbox
+from chatusage.db import params
 from usage import sql
 from usage.models import Generation, UsageAccount
 
@@ -73,7 +74,7 @@ class MeterEventOutbox:
         ]
         # The row is read from the ledger as this transaction settled it: if another settle
         # won, its values (and its outbox row) stand.
-        return [(METER_EVENT_SQL, sql.params(values))]
+        return [(METER_EVENT_SQL, params(values))]
 
     def committed(self) -> None:
         if settings.STRIPE_SEND_AFTER_COMMIT:

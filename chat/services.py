@@ -30,13 +30,12 @@ from chat import sql as chat_sql
 from chat.models import Conversation, Message
 from chat.render import markdown_html
 from chatusage import ratelimit
-from chatusage.db import step
+from chatusage.db import batch, step
 from chatusage.errors import ApiError
 from usage import limits
 from usage.cycles import cycle_for
 from usage.models import Generation, UsageAccount
 from usage.pricing import UnknownModelError, price_for, usd_text
-from usage.sql import batch
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from uuid import UUID
 
 from chat.models import Conversation, Message
-from usage import sql
+from chatusage.db import params
 
 MESSAGE = Message._meta.db_table
 CONVERSATION = Conversation._meta.db_table
@@ -39,9 +39,9 @@ def start_conversation(conversation: Conversation, prompt: dict) -> list:
     return [
         (
             INSERT_CONVERSATION,
-            sql.params([getattr(conversation, f) for f in CONVERSATION_FIELDS]),
+            params([getattr(conversation, f) for f in CONVERSATION_FIELDS]),
         ),
-        (INSERT_MESSAGE, sql.params([prompt[f] for f in MESSAGE_FIELDS])),
+        (INSERT_MESSAGE, params([prompt[f] for f in MESSAGE_FIELDS])),
     ]
 
 
@@ -60,7 +60,7 @@ def save_answer(answer: dict, prompt_id: int) -> list:
     return [
         (
             INSERT_ANSWER,
-            sql.params(
+            params(
                 [
                     *(answer[field] for field in MESSAGE_FIELDS),
                     answer["generation_id"],
@@ -68,10 +68,10 @@ def save_answer(answer: dict, prompt_id: int) -> list:
                 ]
             ),
         ),
-        (f"UPDATE {MESSAGE} SET failed = %s WHERE id = %s", sql.params([False, prompt_id])),
+        (f"UPDATE {MESSAGE} SET failed = %s WHERE id = %s", params([False, prompt_id])),
         (
             f"UPDATE {CONVERSATION} SET updated_at = %s WHERE id = %s",
-            sql.params([answer["created_at"], answer["conversation_id"]]),
+            params([answer["created_at"], answer["conversation_id"]]),
         ),
     ]
 

@@ -18,13 +18,13 @@ import httpx2
 import responses
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
-from django.contrib.sessions.backends.db import SessionStore
 from django.core.signals import request_finished
 from django.db import close_old_connections
 from django.test import Client, RequestFactory
 
 from chat import demo, views
 from chatusage import analytics
+from chatusage.sessions import SessionStore
 
 PASSWORD = "a-Long-unusual-pass-2026"
 

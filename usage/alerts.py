@@ -33,6 +33,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from chatusage.db import batch, require_transaction
 from usage import budget, sql
 from usage.cycles import Cycle
 from usage.models import Alert, UsageAccount
@@ -60,7 +61,7 @@ def watches(account: UsageAccount) -> bool:
 def record(account, cycle, kind, threshold, spent, budget, refused_for="") -> None:
     """Record an alert once per (user, cycle, kind, threshold), delivered after commit."""
     now = timezone.now()
-    (rows,) = sql.batch(
+    (rows,) = batch(
         sql.record_alert(
             id=uuid.uuid4(),
             user_id=account.user_id,
@@ -84,7 +85,7 @@ def after_settle(account: UsageAccount, cycle: Cycle, spent: Decimal, added: Dec
     """Record the thresholds this settle crossed: `spent` is the cycle's settled spend read
     after the rollup took `added`. Call inside the settle's transaction, with the account
     row locked."""
-    sql.require_transaction("after_settle()")
+    require_transaction("after_settle()")
     before = spent - added
     cap = account.effective_budget
     if cap:
@@ -102,7 +103,7 @@ def after_refusal(
 ) -> None:
     """The first refusal of the cycle for the budget or the message limit (inside
     reserve()'s transaction, which commits it before the refusal is raised)."""
-    sql.require_transaction("after_refusal()")
+    require_transaction("after_refusal()")
     record(
         account, cycle, Alert.Kind.LIMIT, Decimal(0), spent, account.effective_budget, refused_for
     )

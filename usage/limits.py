@@ -25,6 +25,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from chatusage.db import batch, postgres, require_transaction
 from usage import alerts, budget, hooks, sql
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.models import Generation, UsageAccount
@@ -237,7 +238,7 @@ def lease_end(now: datetime) -> datetime:
 
 def renew_lease(reservation: Reservation) -> None:
     """Keep holding a call that is still running (its turn calls this while it lasts)."""
-    sql.batch(sql.renew_lease(reservation.generation_id, lease_end(timezone.now())))
+    batch(sql.renew_lease(reservation.generation_id, lease_end(timezone.now())))
 
 
 def expire_stale_reservations(now: datetime | None = None, user_id: int | None = None) -> int:
@@ -288,7 +289,7 @@ def _cycle_spend(rows, account: UsageAccount, cycle: Cycle, include_pending: boo
 def spend_for(account: UsageAccount, cycle: Cycle, include_pending: bool = True) -> Spend:
     """Settled spend of the cycle (from the rollups) and the reservations in flight."""
     now = timezone.now()
-    (rows,) = sql.batch(sql.spend(account.user_id, cycle.start_date, now))
+    (rows,) = batch(sql.spend(account.user_id, cycle.start_date, now))
     return _cycle_spend(rows, account, cycle, include_pending)[0]
 
 
@@ -321,8 +322,8 @@ def _locked_spend(
     usual path (an account to make, stale reservations to release) `hold` is taken back,
     and the caller decides again.
     """
-    sql.require_transaction("_locked_spend()")
-    account_rows, spend_rows, *results = sql.batch(
+    require_transaction("_locked_spend()")
+    account_rows, spend_rows, *results = batch(
         sql.lock_account(user_id),
         _recent_spend(user_id, now),
         *reads,
@@ -333,7 +334,7 @@ def _locked_spend(
         if not stale:
             return account, spend, hold is not None, results[: len(reads)]
     if hold:
-        sql.batch(sql.take_back(hold))
+        batch(sql.take_back(hold))
     if not account_rows:  # made with the user; one made before accounts existed gets it now
         from django.contrib.auth import get_user_model
 
@@ -398,9 +399,9 @@ def reserve(
             if refused is None and statements:
                 refused = limit.refusal(mine, spend, reservation.reserved_cost, now)
         if refused is None and not held:
-            sql.batch(hold)
+            batch(hold)
         elif refused is not None and held:
-            sql.batch(sql.take_back(hold))
+            batch(sql.take_back(hold))
         if refused is not None and refused.reason in ("budget", "messages"):
             # Only when a new chat would be refused too: a conversation too long for what
             # is left has not reached the limit. Committed with this transaction, so it is
@@ -544,7 +545,7 @@ def settle_with(
         # every earlier settle committed, so exactly one of them crosses each threshold.
         # Lock, settle and read go out together: one round trip, then the commit.
         with transaction.atomic(savepoint=False):
-            account_rows, *results, spend_rows = sql.batch(
+            account_rows, *results, spend_rows = batch(
                 sql.lock_account(user_id),
                 *statements,
                 *written,
@@ -558,9 +559,9 @@ def settle_with(
     else:
         # PostgreSQL settles in one statement; SQLite's two, or an outbox's, need a
         # transaction.
-        alone = sql.postgres() and not written and not also
+        alone = postgres() and not written and not also
         with nullcontext() if alone else transaction.atomic(savepoint=False):
-            results = sql.batch(*statements, *written, *also)
+            results = batch(*statements, *written, *also)
         won = bool(results[len(statements) - 1])
     extra = results[len(statements) + len(written) :]
     # After the settle's commit, or the caller's transaction's when there is one.
