@@ -102,13 +102,17 @@ def history(conversation: Conversation | None, text: str) -> list[dict]:
     """
     earlier = []
     if conversation is not None:
-        earlier = (
-            conversation.messages.filter(failed=False)
-            .order_by("-created_at", "-id")
-            .values_list("role", "content")
-            .iterator()
-        )
-    return _fitted(earlier, text)
+        (earlier,) = batch(chat_sql.earlier(conversation.pk, conversation.user_id))
+    return _fitted(_answered(earlier), text)
+
+
+def _answered(newest_first):
+    """(role, content) of the messages (chat_sql.earlier()'s rows) that are history."""
+    return (
+        (message.role, message.content)
+        for message in map(chat_sql.Earlier._make, newest_first)
+        if not message.failed
+    )
 
 
 def _fitted(newest_first, text: str) -> list[dict]:
@@ -150,16 +154,37 @@ def _start_conversation(conversation: Conversation, text: str, generation_id: UU
     return chat_sql.saved(row[0], values)
 
 
-def _save_prompt(conversation: Conversation, text: str, generation_id: UUID) -> Message:
-    """Save the user's message; a retry of the last, failed prompt reuses it."""
-    last = conversation.messages.order_by("-created_at", "-id").first()
-    if last and last.role == Message.Role.USER and last.failed and last.content == text:
-        Message.objects.filter(pk=last.pk).update(generation_id=generation_id)
-        last.generation_id = generation_id
-        return last
-    return conversation.messages.create(
-        role=Message.Role.USER, content=text, failed=True, generation_id=generation_id
+def _continued(user, conversation_id) -> tuple[Conversation, list]:
+    """The user's conversation and its messages, newest first (chat_sql.earlier()'s rows),
+    read in one round trip; 404 if it is not theirs (or no conversation id at all)."""
+    try:
+        pk = conversation_id if isinstance(conversation_id, UUID) else UUID(conversation_id)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise Http404("No such conversation.") from exc
+    found, earlier = batch(*chat_sql.continued(pk, user.pk))
+    if not found:
+        raise Http404("No such conversation.")
+    # Only what the turn knows; any other field loads from the database if asked for.
+    conversation = Conversation.from_db(
+        "default", ["id", "user_id", "title"], [pk, user.pk, found[0][0]]
     )
+    return conversation, earlier
+
+
+def _save_prompt(conversation: Conversation, text: str, generation_id: UUID, earlier) -> Message:
+    """Save the user's message; a retry of the last, failed prompt reuses it. `earlier`:
+    the conversation's messages, newest first, as _continued() read them."""
+    values = chat_sql.message_values(
+        conversation.pk, Message.Role.USER.value, text, timezone.now(), generation_id, failed=True
+    )
+    last = chat_sql.Earlier._make(earlier[0]) if earlier else None
+    if last and last.role == Message.Role.USER and last.failed and last.content == text:
+        batch(chat_sql.reuse_prompt(last.id, generation_id))
+        # Its created_at is the first try's: left to load from the row if asked for.
+        fields = ["id", "conversation_id", "role", "content", "generation_id", "failed"]
+        return Message.from_db("default", fields, [last.id, *(values[f] for f in fields[1:])])
+    ((row,),) = batch(chat_sql.save_prompt(values))
+    return chat_sql.saved(row[0], values)
 
 
 def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
@@ -203,12 +228,13 @@ def start_turn(user, prompt_text, conversation_id=None) -> Turn:
     """
     _check_rate(user)
     text = clean_prompt(prompt_text)
-    conversation = conversation_for(user, conversation_id) if conversation_id else None
-    messages = history(conversation, text)
-    provider = llm.current_provider()
-    new_conversation = conversation is None
+    new_conversation = not conversation_id
     if new_conversation:
-        conversation = Conversation(user=user, title=text.splitlines()[0][:80])
+        conversation, earlier = Conversation(user=user, title=text.splitlines()[0][:80]), []
+    else:
+        conversation, earlier = _continued(user, conversation_id)
+    messages = _fitted(_answered(earlier), text)
+    provider = llm.current_provider()
     refused = None
     with transaction.atomic():
         try:
@@ -227,7 +253,7 @@ def start_turn(user, prompt_text, conversation_id=None) -> Turn:
             if new_conversation:
                 prompt = _start_conversation(conversation, text, reservation.generation_id)
             else:
-                prompt = _save_prompt(conversation, text, reservation.generation_id)
+                prompt = _save_prompt(conversation, text, reservation.generation_id, earlier)
     if refused is not None:
         raise _refusal(refused, None if new_conversation else conversation) from refused
     return Turn(user, conversation, prompt, messages, reservation, provider)

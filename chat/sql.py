@@ -1,9 +1,11 @@
-"""The statements that save a new conversation's first prompt, and an answer with its
-settle, each in one round trip (chat/services.py). As in usage/sql.py, only table and column names
+"""The statements of a chat turn (chat/services.py): a conversation's messages for its
+history, the prompt (with a new conversation's row), and the answer with its settle, each
+in one round trip. As in usage/sql.py, only table and column names
 from the models are written into the SQL; every value is a parameter."""
 # ruff: noqa: S608
 
 from datetime import datetime
+from typing import NamedTuple
 from uuid import UUID
 
 from chat.models import Conversation, Message
@@ -34,6 +36,51 @@ INSERT_MESSAGE = (
 )
 
 
+class Earlier(NamedTuple):
+    """A message as earlier() reads it."""
+
+    id: int
+    role: str
+    content: str
+    failed: bool
+
+
+# Only if the conversation is the user's: the scope is in the statement itself.
+EARLIER = (
+    f"SELECT m.id, m.role, m.content, m.failed FROM {MESSAGE} m "
+    f"JOIN {CONVERSATION} c ON c.id = m.conversation_id "
+    "WHERE m.conversation_id = %s AND c.user_id = %s ORDER BY m.created_at DESC, m.id DESC"
+)
+
+
+def earlier(conversation_id: UUID, user_id: int) -> tuple[str, list]:
+    """The messages of the user's conversation, newest first (rows for Earlier)."""
+    return EARLIER, params([conversation_id, user_id])
+
+
+def continued(conversation_id: UUID, user_id: int) -> list:
+    """The user's conversation (its title, no row if it is not theirs) and its messages,
+    newest first: what a turn in it reads, in one round trip."""
+    title = (
+        f"SELECT title FROM {CONVERSATION} WHERE id = %s AND user_id = %s",
+        params([conversation_id, user_id]),
+    )
+    return [title, earlier(conversation_id, user_id)]
+
+
+def save_prompt(prompt: dict) -> tuple[str, list]:
+    """Insert a prompt (message_values()); it returns the new row's id."""
+    return INSERT_MESSAGE, params([prompt[f] for f in MESSAGE_FIELDS])
+
+
+def reuse_prompt(prompt_id: int, generation_id: UUID) -> tuple[str, list]:
+    """Point a failed prompt at its retry's generation."""
+    return (
+        f"UPDATE {MESSAGE} SET generation_id = %s WHERE id = %s",
+        params([generation_id, prompt_id]),
+    )
+
+
 def start_conversation(conversation: Conversation, prompt: dict) -> list:
     """A new conversation and its first prompt (one round trip, in the turn's transaction)."""
     return [
@@ -41,7 +88,7 @@ def start_conversation(conversation: Conversation, prompt: dict) -> list:
             INSERT_CONVERSATION,
             params([getattr(conversation, f) for f in CONVERSATION_FIELDS]),
         ),
-        (INSERT_MESSAGE, params([prompt[f] for f in MESSAGE_FIELDS])),
+        save_prompt(prompt),
     ]
 
 

@@ -74,6 +74,35 @@ def test_history_is_trimmed_to_its_byte_budget(alice_client, openai_mock, settin
     assert sent[-1]["content"] == "short"
 
 
+def test_a_turn_reads_its_conversation_in_one_round_trip(alice, openai_mock):
+    """The conversation (scoped to its user) and its messages are one batch: two statements,
+    then the ledger's; a failed prompt is not history."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    first = services.start_turn(alice, "My name is Alice.")
+    services.limits.settle(first.reservation, error="left failed: not history")
+    second = services.start_turn(alice, "Hello", conversation_id=str(first.conversation.pk))
+    services.limits.settle(second.reservation, error="again")
+    with CaptureQueriesContext(connection) as queries:
+        turn = services.start_turn(alice, "Hello", conversation_id=str(first.conversation.pk))
+    reads = [q["sql"] for q in queries if "chat_" in q["sql"] and q["sql"].startswith("SELECT")]
+    assert len(reads) == 2
+    assert "user_id" in reads[0] and "user_id" in reads[1]  # both scoped to the user
+    # The retry reused the failed "Hello"; the earlier failed prompt is left out.
+    assert turn.prompt.pk == second.prompt.pk
+    assert [m["content"] for m in turn.messages[1:]] == ["Hello"]
+    assert turn.prompt.created_at == Message.objects.get(pk=second.prompt.pk).created_at
+    assert Message.objects.filter(conversation=first.conversation).count() == 2
+
+
+@pytest.mark.parametrize("bad", ["not-a-uuid", " ", "12345"])
+def test_a_malformed_conversation_id_is_not_found(alice_client, openai_mock, bad):
+    response = post(alice_client, {"prompt": "hi", "conversation_id": bad})
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")
+    assert not Generation.objects.exists()
+
+
 def test_the_generation_event_carries_the_users_id_and_prices(
     alice_client, alice, openai_mock, posthog_capture
 ):
