@@ -167,6 +167,16 @@ def rows(by: dict) -> list[tuple[str, str, str]]:
                     target,
                 )
             )
+        r = c["continued"]
+        table.append(
+            (
+                f"CPU per plain turn in a conversation ({c['conversation_turns']} turns each; "
+                "the rows above each start one), the same",
+                f"**{r['product_ms']} ms** (runs {r['product_all_ms']}; event loops "
+                f"{r['product_loop_ms']} ms) vs a new conversation's {c['plain']['product_ms']} ms",
+                "",
+            )
+        )
         plain, streamed = c["plain"], c["streamed"]
         table.append(
             (

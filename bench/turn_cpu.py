@@ -7,10 +7,13 @@ worker processes' CPU time (user + system, from /proc) over the turns, divided b
 turns (and the share the workers' event-loop threads used; the rest ran in the threads sync
 code runs in): for streamed and for plain turns, then each as a ratio to the relay's, and
 again with metered Stripe billing on (the meter-event outbox, and its sender, against a
-loopback Stripe), as what billing adds to a turn.
+loopback Stripe), as what billing adds to a turn. Those turns each start a conversation;
+`continued` turns (plain) go on in conversations of CONVERSATION_TURNS, as people chat: the
+same figure for a turn that reads its conversation's history first.
 """
 
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -25,6 +28,8 @@ TURNS = int(os.environ.get("BENCH_TURNS", "400"))
 AT_ONCE = 8
 ANSWER_SECONDS = 0.6  # the fake model's pace: 30 chunks over this
 CHUNKS = 30
+CONVERSATION_TURNS = 10  # continued turns: each client's conversation, then a new one
+ALL_KINDS = ("streamed", "plain", "continued")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -44,40 +49,54 @@ def workers_cpu(master_pid: int, loop_only: bool = False) -> float:
     return sum(_cpu(Path(f"/proc/{pid}/stat")) for pid in children)
 
 
-async def one_turn(client, url, stream, cookies, headers) -> bool:
+async def one_turn(client, url, stream, cookies, headers, conversation_id=None) -> str | None:
+    """One turn; the conversation's id if it was answered, else None."""
     body = {"prompt": "tell me about relays", "stream": stream}
+    if conversation_id:
+        body["conversation_id"] = conversation_id
     if not stream:
         response = await client.post(
             f"{url}/api/chat/", json=body, cookies=cookies, headers=headers
         )
-        return response.status_code == 200
+        return response.json().get("conversation_id") if response.status_code == 200 else None
     async with client.stream(
         "POST", f"{url}/api/chat/", json=body, cookies=cookies, headers=headers
     ) as response:
-        ended = False
+        started, done = None, False
         async for line in response.aiter_lines():
-            ended = ended or line == "event: done"
-        return ended
+            if started is None and line.startswith("data: "):  # the start event
+                started = json.loads(line[6:]).get("conversation_id")
+            done = done or line == "event: done"
+        return started if done else None
 
 
-async def turns(url, count, stream, cookies=None, headers=None) -> int:
+async def turns(url, count, kind, cookies=None, headers=None) -> int:
+    """`count` turns of `kind` (streamed, plain, continued) from AT_ONCE clients: how many
+    were answered."""
     import httpx2
 
     async with httpx2.AsyncClient(timeout=120) as client:
-        gate = asyncio.Semaphore(AT_ONCE)
 
-        async def guarded():
-            async with gate:
-                return await one_turn(client, url, stream, cookies, headers)
+        async def one_client(share):
+            answered, conversation = 0, None
+            for number in range(share):
+                if number % CONVERSATION_TURNS == 0 or kind != "continued":
+                    conversation = None
+                stream = kind == "streamed"
+                got = await one_turn(client, url, stream, cookies, headers, conversation)
+                answered += got is not None
+                conversation = got if kind == "continued" else None
+            return answered
 
-        return sum(await asyncio.gather(*[guarded() for _ in range(count)]))
+        shares = [count // AT_ONCE + (i < count % AT_ONCE) for i in range(AT_ONCE)]
+        return sum(await asyncio.gather(*[one_client(share) for share in shares]))
 
 
-def per_turn(master_pid, url, stream, cookies=None, headers=None) -> dict:
-    asyncio.run(turns(url, 2 * AT_ONCE, stream, cookies, headers))  # warm up
+def per_turn(master_pid, url, kind, cookies=None, headers=None) -> dict:
+    asyncio.run(turns(url, 2 * AT_ONCE, kind, cookies, headers))  # warm up
     before, started = workers_cpu(master_pid), time.monotonic()
     loop_before = workers_cpu(master_pid, loop_only=True)
-    ok = asyncio.run(turns(url, TURNS, stream, cookies, headers))
+    ok = asyncio.run(turns(url, TURNS, kind, cookies, headers))
     cpu = workers_cpu(master_pid) - before
     loop = workers_cpu(master_pid, loop_only=True) - loop_before
     return {
@@ -117,18 +136,18 @@ def relay(model_url) -> dict:
             except requests.RequestException:
                 time.sleep(0.1)
         return {
-            "streamed": per_turn(process.pid, url, True),
-            "plain": per_turn(process.pid, url, False),
+            "streamed": per_turn(process.pid, url, "streamed"),
+            "plain": per_turn(process.pid, url, "plain"),
         }
     finally:
         process.terminate()
         process.wait(timeout=60)
 
 
-def product(model_url, billing: str = "") -> dict:
-    """The product's CPU per turn; with `billing`, metered Stripe billing on: every answer
-    written to the meter-event outbox in its settle ("writes"), and also sent to a loopback
-    Stripe by the worker after commit ("sends")."""
+def product(model_url, billing: str = "", kinds=("streamed", "plain")) -> dict:
+    """The product's CPU per turn of each of `kinds`; with `billing`, metered Stripe billing
+    on: every answer written to the meter-event outbox in its settle ("writes"), and also
+    sent to a loopback Stripe by the worker after commit ("sends")."""
     from tests.e2e.harness.launch import fake_model_env, gunicorn_app
     from tests.e2e.harness.servers import CaptureSink, FakeStripe
 
@@ -147,8 +166,7 @@ def product(model_url, billing: str = "") -> dict:
             session = app.login("cpu")
             cookies, headers = dict(session.cookies), dict(session.headers)
             return {
-                "streamed": per_turn(app.process.pid, app.url, True, cookies, headers),
-                "plain": per_turn(app.process.pid, app.url, False, cookies, headers),
+                kind: per_turn(app.process.pid, app.url, kind, cookies, headers) for kind in kinds
             }
     finally:
         sink.stop()
@@ -163,7 +181,7 @@ def main():
     with server_process("model", str(ANSWER_SECONDS), str(CHUNKS)) as model_url:
         runs, writes, sends = [], [], []
         for _ in range(3):  # side by side
-            runs.append((relay(model_url), product(model_url)))
+            runs.append((relay(model_url), product(model_url, kinds=ALL_KINDS)))
             writes.append(product(model_url, billing="writes"))
             sends.append(product(model_url, billing="sends"))
     figures = {}
@@ -186,7 +204,20 @@ def main():
                 f"metered_{name}_added_ms": round(on - ours, 2),
                 f"metered_{name}_all_ms": [b[kind]["ms"] for b in billed],
             }
-    emit(bench="turn_cpu", turns=TURNS, at_once=AT_ONCE, chunks=CHUNKS, **figures)
+    figures["continued"] = {
+        "product_ms": statistics.median(p["continued"]["ms"] for _, p in runs),
+        "product_loop_ms": statistics.median(p["continued"]["loop_ms"] for _, p in runs),
+        "product_all_ms": [p["continued"]["ms"] for _, p in runs],
+        "ok": [p["continued"]["ok"] for _, p in runs],
+    }
+    emit(
+        bench="turn_cpu",
+        turns=TURNS,
+        at_once=AT_ONCE,
+        chunks=CHUNKS,
+        conversation_turns=CONVERSATION_TURNS,
+        **figures,
+    )
 
 
 if __name__ == "__main__":
