@@ -10,12 +10,15 @@ from django.utils import timezone
 
 from tests.helpers import close_response, streamed
 from usage import exports
-from usage.models import Generation
+from usage.cycles import cycle_for
+from usage.models import Generation, UsageAccount
 
 
 def many_generations(user, count, same_time_every=7):
-    """`count` settled generations this cycle; runs of them share a created_at (ties)."""
+    """`count` settled generations this cycle; runs of them share a created_at (ties). From
+    the cycle's first second: an hour back from now is the last cycle just after midnight."""
     now = timezone.now()
+    start = cycle_for(UsageAccount.objects.for_user(user), now).start
     Generation.objects.bulk_create(
         Generation(
             user=user,
@@ -26,7 +29,7 @@ def many_generations(user, count, same_time_every=7):
             price_input_per_1m=0,
             price_cached_input_per_1m=0,
             price_output_per_1m=0,
-            created_at=now - timedelta(seconds=count - n // same_time_every),
+            created_at=start + timedelta(seconds=n // same_time_every),
             settled_at=now,
         )
         for n in range(count)
