@@ -138,6 +138,63 @@ def test_prompts_reach_posthog_only_when_privacy_mode_is_off(
     assert "capital of France" in json.dumps(event["properties"]["$ai_input"])
 
 
+@pytest.mark.parametrize("privacy", [True, False])
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_model_and_posthog_get_what_the_sdks_own_form_sends(
+    alice, openai_mock, posthog_capture, settings, privacy, stream
+):
+    """With privacy mode on the messages skip the SDK's per-message walk (chat/llm.py): the
+    request body and the captured event are the same as with `messages=` itself."""
+    import datetime
+    import uuid
+
+    from chat import llm
+    from usage.pricing import price_for
+
+    settings.POSTHOG_PRIVACY_MODE = privacy
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+    ]
+    context = {
+        "user_id": alice.pk,
+        "generation_id": uuid.uuid4(),
+        "conversation_id": uuid.uuid4(),
+        "price": price_for("gpt-4o-mini"),
+        "reserved_at": datetime.datetime(2026, 11, 27, tzinfo=datetime.UTC),
+        "markup_percent": Decimal(20),
+    }
+
+    async def both():
+        if stream:
+            async for _ in await llm.stream(messages, until=llm.deadline(), **context):
+                pass
+        else:
+            await llm.complete(messages, until=llm.deadline(), **context)
+        options = llm._call_options(llm.current_provider(), messages, **context)
+        options.pop("extra_body", None)
+        options["messages"] = messages
+        if stream:
+            options["stream"] = True
+        answer = await llm.client().chat.completions.create(**options)
+        if stream:
+            async for _ in answer:
+                pass
+
+    async_to_sync(both)()
+    ours, sdks = openai_mock.requests
+    assert ours == sdks
+    assert ours["messages"] == messages
+    first, second = (event["properties"] for event in posthog_capture.generations())
+    varying = {"$ai_latency", "$ai_time_to_first_token", "$process_person_profile"}
+    assert {k: v for k, v in first.items() if k not in varying} == {
+        k: v for k, v in second.items() if k not in varying
+    }
+    assert (first["$ai_input"] is None) is privacy
+
+
 def test_a_streamed_answer_arrives_in_pieces_and_settles(
     alice_client, alice, openai_mock, posthog_capture, settings
 ):
