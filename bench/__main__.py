@@ -196,14 +196,25 @@ def rows(by: dict) -> list[tuple[str, str, str]]:
             table.append(
                 (
                     f"CPU per {kind} call in one process ({f['chunks']} chunks, {f['at_once']} "
-                    "in flight): httpx2 alone vs the OpenAI SDK vs PostHog's wrapper around it, "
-                    "as a turn calls it: the floor under a turn",
+                    "in flight, 2 messages): httpx2 alone vs the OpenAI SDK vs PostHog's wrapper "
+                    "around it, messages as `messages` and as the product sends them "
+                    "(`extra_body`, privacy mode): the floor under a turn",
                     f"raw {f[kind + '_raw_ms']} ms · SDK {f[kind + '_sdk_ms']} ms · wrapped "
-                    f"**{f[kind + '_wrapped_ms']} ms** (rounds {f[kind + '_wrapped_all_ms']}): "
-                    f"the SDK and wrapper add **{f[kind + '_added_ms']} ms**",
+                    f"{f[kind + '_wrapped_ms']} ms · product's form "
+                    f"**{f[kind + '_product_ms']} ms** (rounds {f[kind + '_product_all_ms']}): "
+                    f"the SDK and wrapper add **{f[kind + '_product_added_ms']} ms** "
+                    f"({f[kind + '_added_ms']} ms with `messages`)",
                     "",
                 )
             )
+        table.append(
+            (
+                "The same, plain, with 20 messages (a conversation's history)",
+                f"wrapped, `messages`: {f['plain_wrapped_20_messages_ms']} ms · product's form: "
+                f"**{f['plain_product_20_messages_ms']} ms**",
+                "",
+            )
+        )
     return table
 
 

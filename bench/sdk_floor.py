@@ -7,8 +7,13 @@ this process's CPU time per call, for three clients run side by side, round by r
   bench/relay.py does);
 - `sdk`: openai.AsyncOpenAI's chat.completions.create (request building, the parameter
   transform, a pydantic object per answer or per chunk);
-- `wrapped`: posthog.ai.openai.AsyncOpenAI, as the product calls it (privacy mode, a
-  distinct id, properties), capturing each `$ai_generation` to a loopback sink.
+- `wrapped`: posthog.ai.openai.AsyncOpenAI (privacy mode, a distinct id, properties),
+  capturing each `$ai_generation` to a loopback sink, messages given as `messages`;
+- `product`: the same, with the messages in `extra_body` as chat/llm.py sends them when
+  privacy mode is on (the SDK and the wrapper then skip their per-message work).
+
+Each with two messages, and `wrapped`/`product` again with twenty (a conversation's history),
+plain calls only: what a message costs.
 """
 
 import asyncio
@@ -25,6 +30,13 @@ CHUNKS = 30
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "tell me about relays"},
+]
+HISTORY = [
+    MESSAGES[0],
+    *(
+        {"role": ("user", "assistant")[n % 2], "content": "tell me about relays " * 10}
+        for n in range(19)
+    ),
 ]
 
 
@@ -50,8 +62,10 @@ async def _run(model_url: str, sink_url: str) -> dict:
                 if line.startswith("data: ") and line != "data: [DONE]":
                     json.loads(line[6:])
 
-    async def through(client, stream: bool, **posthog):
-        options = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 100}
+    async def through(client, stream: bool, messages=MESSAGES, as_extra=False, **posthog):
+        options = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 100}
+        if as_extra:
+            options |= {"messages": [], "extra_body": {"messages": messages}}
         if stream:
             options |= {"stream": True, "stream_options": {"include_usage": True}}
         answer = await client.chat.completions.create(**options, **posthog)
@@ -59,15 +73,21 @@ async def _run(model_url: str, sink_url: str) -> dict:
             async for _ in answer:
                 pass
 
+    posthog = {
+        "posthog_distinct_id": "1",
+        "posthog_privacy_mode": True,
+        "posthog_properties": {"generation_id": "bench"},
+    }
     clients = {
         "raw": raw,
         "sdk": lambda stream: through(bare, stream),
-        "wrapped": lambda stream: through(
-            wrapped,
-            stream,
-            posthog_distinct_id="1",
-            posthog_privacy_mode=True,
-            posthog_properties={"generation_id": "bench"},
+        "wrapped": lambda stream: through(wrapped, stream, **posthog),
+        "product": lambda stream: through(wrapped, stream, as_extra=True, **posthog),
+    }
+    long_clients = {
+        "wrapped_20_messages": lambda stream: through(wrapped, stream, HISTORY, **posthog),
+        "product_20_messages": lambda stream: through(
+            wrapped, stream, HISTORY, as_extra=True, **posthog
         ),
     }
 
@@ -84,11 +104,12 @@ async def _run(model_url: str, sink_url: str) -> dict:
 
     figures = {}
     for stream in (False, True):
-        samples = {name: [] for name in clients}
-        for call in clients.values():
+        measured = clients if stream else clients | long_clients
+        samples = {name: [] for name in measured}
+        for call in measured.values():
             await calls(call, stream, 2 * AT_ONCE)  # warm up: imports, connections
         for _ in range(ROUNDS):
-            for name, call in clients.items():
+            for name, call in measured.items():
                 samples[name].append(await calls(call, stream, CALLS))
         kind = "streamed" if stream else "plain"
         for name, values in samples.items():
@@ -96,6 +117,9 @@ async def _run(model_url: str, sink_url: str) -> dict:
             figures[f"{kind}_{name}_all_ms"] = [round(v * 1000, 2) for v in values]
         figures[f"{kind}_added_ms"] = round(
             figures[f"{kind}_wrapped_ms"] - figures[f"{kind}_raw_ms"], 2
+        )
+        figures[f"{kind}_product_added_ms"] = round(
+            figures[f"{kind}_product_ms"] - figures[f"{kind}_raw_ms"], 2
         )
     capture.shutdown()
     await http.aclose()
