@@ -156,7 +156,7 @@ def _start_conversation(conversation: Conversation, text: str, generation_id: UU
 
 def _continued(user, conversation_id) -> tuple[Conversation, list]:
     """The user's conversation and its messages, newest first (chat_sql.earlier()'s rows),
-    read in one round trip; 404 if it is not theirs (or no conversation id at all)."""
+    read in one round trip; 404 if it is not theirs or the id is no UUID."""
     try:
         pk = conversation_id if isinstance(conversation_id, UUID) else UUID(conversation_id)
     except (ValueError, TypeError, AttributeError) as exc:

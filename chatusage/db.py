@@ -5,6 +5,11 @@ connection meanwhile. `step()` runs one short piece of ORM work in a thread
 (sync_to_async, so a request's steps share one thread, as Django requires) and then
 gives the connection back: with PostgreSQL's pool that is a return to the pool, so N
 streams in flight use at most the pool's connections.
+
+The statements run on every request (the ledger's, usage/sql.py; a chat turn's,
+chat/sql.py; the session read, chatusage/sessions.py) are plain SQL sent by `batch()`,
+several in one round trip on PostgreSQL: the ORM took longer to build them than the
+database took to answer.
 """
 
 import logging
@@ -83,8 +88,8 @@ def batch(*statements: tuple[str, dict | list]) -> list[list[tuple] | None]:
     if not postgres():
         results = []
         with connection.cursor() as cursor:
-            for sql, params in statements:
-                cursor.execute(sql, params)
+            for sql, values in statements:
+                cursor.execute(sql, values)
                 results.append(cursor.fetchall() if cursor.description else None)
         return results
     import psycopg
@@ -100,9 +105,9 @@ def batch(*statements: tuple[str, dict | list]) -> list[list[tuple] | None]:
     cursors = []
     # Django's error classes, though the errors only arrive with the pipeline's results.
     with connection.wrap_database_errors, raw.pipeline():
-        for sql, params in statements:
+        for sql, values in statements:
             cursor = new_cursor()
-            cursor.execute(sql, params)
+            cursor.execute(sql, values)
             cursors.append(cursor)
     return [cursor.fetchall() if cursor.description else None for cursor in cursors]
 
