@@ -200,7 +200,7 @@ def _messages_option(messages: list[dict]) -> dict:
     """How the messages go to the SDK.
 
     Before sending, the SDK walks every message against each of its six message types
-    (0.27 ms a message here: most of a long conversation's call), and PostHog's wrapper
+    (about 0.28 ms a message here: most of a long conversation's call), and PostHog's wrapper
     copies them for $ai_input. Ours are role and content strings, already what the API
     takes, so with privacy mode on (no $ai_input) they go in `extra_body`, which the SDK
     sends as it is: the same request body, the same event. With privacy mode off the
