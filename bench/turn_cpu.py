@@ -49,8 +49,10 @@ def workers_cpu(master_pid: int, loop_only: bool = False) -> float:
     return sum(_cpu(Path(f"/proc/{pid}/stat")) for pid in children)
 
 
-async def one_turn(client, url, stream, cookies, headers, conversation_id=None) -> str | None:
-    """One turn; the conversation's id if it was answered, else None."""
+async def one_turn(
+    client, url, stream, cookies, headers, conversation_id=None
+) -> tuple[bool, str | None]:
+    """One turn: whether it was answered, and its conversation's id (the relay has none)."""
     body = {"prompt": "tell me about relays", "stream": stream}
     if conversation_id:
         body["conversation_id"] = conversation_id
@@ -58,16 +60,18 @@ async def one_turn(client, url, stream, cookies, headers, conversation_id=None) 
         response = await client.post(
             f"{url}/api/chat/", json=body, cookies=cookies, headers=headers
         )
-        return response.json().get("conversation_id") if response.status_code == 200 else None
+        if response.status_code != 200:
+            return False, None
+        return True, response.json().get("conversation_id")
     async with client.stream(
         "POST", f"{url}/api/chat/", json=body, cookies=cookies, headers=headers
     ) as response:
         started, done = None, False
         async for line in response.aiter_lines():
-            if started is None and line.startswith("data: "):  # the start event
+            if started is None and line.startswith("data: "):  # the product's start event
                 started = json.loads(line[6:]).get("conversation_id")
             done = done or line == "event: done"
-        return started if done else None
+        return done, started
 
 
 async def turns(url, count, kind, cookies=None, headers=None) -> int:
@@ -83,9 +87,10 @@ async def turns(url, count, kind, cookies=None, headers=None) -> int:
                 if number % CONVERSATION_TURNS == 0 or kind != "continued":
                     conversation = None
                 stream = kind == "streamed"
-                got = await one_turn(client, url, stream, cookies, headers, conversation)
-                answered += got is not None
-                conversation = got if kind == "continued" else None
+                ok, conversation = await one_turn(
+                    client, url, stream, cookies, headers, conversation
+                )
+                answered += ok
             return answered
 
         shares = [count // AT_ONCE + (i < count % AT_ONCE) for i in range(AT_ONCE)]
