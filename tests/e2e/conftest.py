@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.harness.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, HANG_GUARD_MS
 from tests.e2e.harness.launch import app_with_fakes, postgres_answers
 
 
@@ -80,7 +80,7 @@ def page(browser, settings):
     ARTIFACTS.mkdir(exist_ok=True)
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()
-    page.set_default_timeout(15_000)
+    page.set_default_timeout(HANG_GUARD_MS)
     yield page
     context.close()
 
@@ -94,7 +94,7 @@ def scheme_page(request, browser, settings):  # noqa: F811
         viewport={"width": 1280, "height": 860}, color_scheme=request.param, bypass_csp=True
     )
     page = context.new_page()
-    page.set_default_timeout(15_000)
+    page.set_default_timeout(HANG_GUARD_MS)
     page.scheme = request.param
     yield page
     context.close()

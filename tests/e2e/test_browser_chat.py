@@ -9,7 +9,13 @@ import pytest
 
 from chat import demo, llm
 from chat.models import Message
-from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login, read_when_free
+from tests.e2e.harness.browser import (
+    ARTIFACTS,
+    HANG_GUARD_MS,
+    PASSWORD,
+    login,
+    read_when_free,
+)
 from tests.e2e.harness.client import wait_for
 from usage.models import Generation
 
@@ -45,7 +51,7 @@ def page(browser, settings):  # noqa: F811
     ARTIFACTS.mkdir(exist_ok=True)
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()
-    page.set_default_timeout(15_000)
+    page.set_default_timeout(HANG_GUARD_MS)
     dialogs = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     page.dialogs = dialogs

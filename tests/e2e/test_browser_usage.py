@@ -6,7 +6,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
 
-from tests.e2e.harness.browser import ARTIFACTS, PASSWORD, login, violations
+from tests.e2e.harness.browser import ARTIFACTS, HANG_GUARD_MS, PASSWORD, login, violations
 from tests.e2e.test_browser_chat import WIDER_THAN_VIEWPORT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -29,7 +29,7 @@ def open_page(browser, server, username, password, width, height, scheme):  # no
         viewport={"width": width, "height": height}, color_scheme=scheme, bypass_csp=True
     )
     page = context.new_page()
-    page.set_default_timeout(15_000)
+    page.set_default_timeout(HANG_GUARD_MS)
     login(page, server, username, password)
     page.wait_for_url(f"{server}/**")
     return context, page

@@ -26,6 +26,10 @@ CHROMIUM_ARGS = [
 
 
 PASSWORD = "browser-Pass-2026!"
+# Playwright's wait for an element only keeps a hung page from hanging the run: tests wait
+# on what the page shows, and CI's two cores run a second test worker and Chromium beside
+# the server, where a turn has been seen to take over 15 s to show its answer.
+HANG_GUARD_MS = 60_000
 
 
 def login(page, base, username, password):
