@@ -24,14 +24,13 @@ from datetime import timedelta
 import stripe
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from billing import stripe_api
 from billing.models import Correction, StripeOutbox
-from chatusage.db import params
+from chatusage.db import batch, params, postgres
 from usage import sql
-from usage.models import Generation, UsageAccount
+from usage.models import Generation
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,17 @@ SELECT %s, g.user_id, g.id, g.charge, g.settled_at, %s, 0, %s, '', '', %s
  WHERE g.id = %s AND g.status = %s AND g.charge > 0
 ON CONFLICT (generation_id) DO NOTHING
 """
+# Claim the due rows (and read their users' Stripe customers) in one statement.
+CLAIM_SQL = f"""
+UPDATE {OUTBOX} SET next_attempt_at = %s, attempts = attempts + 1
+ WHERE id IN (SELECT d.id FROM {OUTBOX} d
+               WHERE d.status = %s AND d.next_attempt_at <= %s
+               ORDER BY d.next_attempt_at LIMIT %s{{lock}})
+RETURNING {", ".join(field.column for field in StripeOutbox._meta.concrete_fields)},
+          (SELECT a.stripe_customer_id FROM {sql.ACCOUNT} a
+            WHERE a.user_id = {OUTBOX}.user_id) AS customer
+"""
+SENT_SQL = f"UPDATE {OUTBOX} SET status = %s, sent_at = %s, last_error = '' WHERE id IN ({{ids}})"
 
 
 def metered() -> bool:
@@ -228,38 +238,26 @@ def _send(item: StripeOutbox, customers: dict[int, str]) -> str | None:
     return None
 
 
-def _claim(base, now) -> list[StripeOutbox]:
-    """Take up to BATCH due rows for a while (one statement each way), counting the try:
-    the background sender and the cron job never send one row at the same moment (if they
-    did, the Idempotency-Key would still make Stripe count it once)."""
-    with transaction.atomic():
-        items = list(
-            base.filter(status=StripeOutbox.Status.PENDING, next_attempt_at__lte=now)
-            .select_related("correction")
-            .select_for_update(skip_locked=True, of=("self",))
-            .order_by("next_attempt_at")[:BATCH]
-        )
-        if items:
-            StripeOutbox.objects.filter(pk__in=[item.pk for item in items]).update(
-                next_attempt_at=now + LEASE, attempts=F("attempts") + 1
-            )
-    for item in items:
-        item.attempts += 1
-    return items
+def _claim(now) -> tuple[list[StripeOutbox], dict[int, str]]:
+    """Take up to BATCH due rows for a while, counting the try, in one statement: the
+    background sender and the cron job never send one row at the same moment (if they
+    did, the Idempotency-Key would still make Stripe count it once). Also the Stripe
+    customers of their users, where known."""
+    lock = " FOR UPDATE SKIP LOCKED" if postgres() else ""  # SQLite: the database's lock
+    values = [now + LEASE, StripeOutbox.Status.PENDING.value, now, BATCH]
+    claimed = StripeOutbox.objects.raw(CLAIM_SQL.format(lock=lock), params(values))
+    items = sorted(claimed, key=lambda item: item.pk)
+    customers = {item.user_id: item.customer for item in items if item.customer}
+    return items, customers
 
 
-def deliver_due(queryset=None) -> dict[str, int]:
-    """Send every due row of `queryset` (all rows by default): counts by new status."""
+def deliver_due() -> dict[str, int]:
+    """Send every due row: counts by new status."""
     counts = {"sent": 0, "pending": 0, "parked": 0}
     if not stripe_api.enabled():
         return counts
-    base = queryset if queryset is not None else StripeOutbox.objects.all()
-    while items := _claim(base, timezone.now()):
-        customers = dict(
-            UsageAccount.objects.filter(user_id__in={item.user_id for item in items})
-            .exclude(stripe_customer_id="")
-            .values_list("user_id", "stripe_customer_id")
-        )
+    while True:
+        items, customers = _claim(timezone.now())
         taken = []
         for item in items:
             status = _send(item, customers)
@@ -267,12 +265,15 @@ def deliver_due(queryset=None) -> dict[str, int]:
                 taken.append(item.pk)
             else:
                 counts[status] += 1
-        # Meter events Stripe took: marked sent together.
-        StripeOutbox.objects.filter(pk__in=taken).update(
-            status=StripeOutbox.Status.SENT, sent_at=timezone.now(), last_error=""
-        )
-        counts["sent"] += len(taken)
-    return counts
+        if taken:  # meter events Stripe took: marked sent together
+            marks = ", ".join(["%s"] * len(taken))
+            values = [StripeOutbox.Status.SENT.value, timezone.now(), *taken]
+            batch((SENT_SQL.format(ids=marks), params(values)))
+            counts["sent"] += len(taken)
+        # A shorter claim took every row due when it ran; a row settled since has kicked
+        # a pass of its own.
+        if len(items) < BATCH:
+            return counts
 
 
 def retry_parked(queryset) -> int:

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 import pytest
 import responses
 from django.core.management import CommandError, call_command
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.test import Client
 from django.utils import timezone
 
@@ -168,6 +168,56 @@ def test_an_identifier_stripe_already_has_counts_as_delivered(alice, stripe_on):
     }
     meter_answers(stripe_on, (400, duplicate))
     assert meters.deliver_due()["sent"] == 1
+
+
+def test_more_rows_due_than_one_claim_takes_are_all_sent_once(alice, bob, stripe_on, monkeypatch):
+    monkeypatch.setattr(meters, "BATCH", 2)
+    for user, customer in ((alice, "cus_alice"), (bob, "cus_bob")):
+        UsageAccount.objects.filter(user=user).update(stripe_customer_id=customer)
+    generations = [answered(alice), answered(bob), answered(alice), answered(bob), answered(alice)]
+    meter_answers(stripe_on, *[200] * 5)
+    assert meters.deliver_due() == {"sent": 5, "pending": 0, "parked": 0}
+    sent = [form(call) for call in calls_to(stripe_on, "/v1/billing/meter_events")]
+    by_identifier = {event["identifier"]: event["payload[stripe_customer_id]"] for event in sent}
+    assert by_identifier == {
+        str(g.pk): "cus_alice" if g.user_id == alice.pk else "cus_bob" for g in generations
+    }
+    assert len(sent) == 5
+    assert set(StripeOutbox.objects.values_list("status", "attempts")) == {("sent", 1)}
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL row locks")
+@pytest.mark.django_db(transaction=True)
+def test_a_row_another_sender_holds_is_left_to_it(django_user_model, stripe_on):
+    """Two senders (the background one and the cron job's) never take the same row: one
+    that another transaction holds is skipped, not waited for and not sent."""
+    user = django_user_model.objects.create_user("held", email="held@example.com")
+    UsageAccount.objects.filter(user=user).update(stripe_customer_id="cus_held")
+    held, free = answered(user), answered(user)
+    holding, done = threading.Event(), threading.Event()
+
+    def other_sender():
+        try:
+            with transaction.atomic():
+                list(StripeOutbox.objects.select_for_update().filter(generation_id=held.pk))
+                holding.set()
+                done.wait(timeout=60)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_sender)
+    thread.start()
+    try:
+        assert holding.wait(timeout=60)
+        meter_answers(stripe_on, 200)
+        assert meters.deliver_due() == {"sent": 1, "pending": 0, "parked": 0}
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    [call] = calls_to(stripe_on, "/v1/billing/meter_events")
+    assert form(call)["identifier"] == str(free.pk)
+    statuses = dict(StripeOutbox.objects.values_list("generation_id", "status"))
+    assert statuses == {held.pk: "pending", free.pk: "sent"}
 
 
 def test_events_stripe_refuses_for_good_are_parked_for_staff_never_dropped(
