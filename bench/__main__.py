@@ -102,7 +102,8 @@ def rows(by: dict) -> list[tuple[str, str, str]]:
                 "interleaved)",
                 " · ".join(
                     f"{db} {r['chat_settle_billing_off_ms']} → {r['chat_settle_metered_ms']} ms: "
-                    f"**{r['metered_outbox_added_ms']:+} ms** (n={r['chat_settle_metered_n']})"
+                    f"**{r['metered_outbox_added_ms']:+} ms**, of which the app's CPU "
+                    f"**{r['metered_outbox_added_cpu_ms']:+} ms** (n={r['chat_settle_metered_n']})"
                     for db, r in outbox
                 ),
                 "≤ +0.3 ms",

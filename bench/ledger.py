@@ -3,7 +3,8 @@
 Two users side by side, call by call: one with a budget (the default: settles also watch for
 alerts, which locks the account) and one without a cap; and the uncapped call settled as a
 chat turn settles (inside the answer's transaction), with metered billing off and on, for
-what the meter-event outbox adds. Beside them, one bare round trip
+what the meter-event outbox adds (in time, and in this process's CPU: the rest of the
+time is PostgreSQL's). Beside them, one bare round trip
 (`SELECT 1` through Django's cursor), the unit in which the database's part can be read on
 any machine.
 """
@@ -11,6 +12,7 @@ any machine.
 import contextlib
 import statistics
 import sys
+import time
 
 from bench.common import emit, postgres_database, setup_django, spread_ms, timed
 
@@ -58,14 +60,23 @@ def main(label="sqlite"):
                 cursor.execute("SELECT 1")
                 cursor.fetchone()
 
+        def cpu_timed(fn):
+            started = time.thread_time()
+            wall = timed(fn)
+            return wall, time.thread_time() - started
+
         samples = {"budgeted": [], "uncapped": [], "rt": [], "billing_off": [], "metered": []}
+        cpu = {"billing_off": [], "metered": []}  # this process's, not PostgreSQL's
         for n in range(WARM_UP + CALLS):
             figures = (timed(lambda: call(budgeted)), timed(lambda: call(uncapped)))
             figures += (timed(round_trip),)
-            figures += (timed(lambda: chat_settle(False)), timed(lambda: chat_settle(True)))
+            off, on = cpu_timed(lambda: chat_settle(False)), cpu_timed(lambda: chat_settle(True))
+            figures += (off[0], on[0])
             if n >= WARM_UP:
                 for key, seconds in zip(samples, figures, strict=True):
                     samples[key].append(seconds)
+                cpu["billing_off"].append(off[1])
+                cpu["metered"].append(on[1])
         assert (
             limits.spend_for(
                 budgeted.usage_account, limits.cycle_for(budgeted.usage_account)
@@ -88,6 +99,9 @@ def main(label="sqlite"):
             (statistics.median(samples["metered"]) - statistics.median(samples["billing_off"]))
             * 1000,
             3,
+        ),
+        metered_outbox_added_cpu_ms=round(
+            (statistics.median(cpu["metered"]) - statistics.median(cpu["billing_off"])) * 1000, 3
         ),
     )
 

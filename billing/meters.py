@@ -42,12 +42,15 @@ BATCH = 200
 
 OUTBOX = StripeOutbox._meta.db_table
 # ruff: noqa: S608 (table names from the models; every value is a parameter)
+# Recorded with the settle (usage/sql.py's `settled`: the ledger row as it settled). If
+# another settle won, its values (and its outbox row) stand.
 METER_EVENT_SQL = f"""
 INSERT INTO {OUTBOX} (kind, user_id, generation_id, amount, occurred_at, status, attempts,
                       next_attempt_at, last_error, stripe_id, created_at)
-SELECT %s, g.user_id, g.id, g.charge, g.settled_at, %s, 0, %s, '', '', %s
-  FROM {sql.GENERATION} g
- WHERE g.id = %s AND g.status = %s AND g.charge > 0
+SELECT %(meter_kind)s, settled.user_id, settled.id, settled.charge, settled.settled_at,
+       %(meter_pending)s, 0, %(meter_now)s, '', '', %(meter_now)s
+  FROM settled
+ WHERE settled.status = %(meter_ok)s AND settled.charge > 0
 ON CONFLICT (generation_id) DO NOTHING
 """
 # Claim the due rows (and read their users' Stripe customers) in one statement.
@@ -70,21 +73,16 @@ def metered() -> bool:
 class MeterEventOutbox:
     """Registered in usage.hooks.settle_outboxes (billing/apps.py)."""
 
-    def statements(self, generation_id, fields: dict) -> list:
+    def statements(self, fields: dict) -> list:
         if not metered() or fields["status"] != Generation.Status.OK or fields["charge"] <= 0:
             return []
-        now = timezone.now()
-        values = [
-            StripeOutbox.Kind.METER_EVENT.value,
-            StripeOutbox.Status.PENDING.value,
-            now,
-            now,
-            generation_id,
-            Generation.Status.OK.value,
-        ]
-        # The row is read from the ledger as this transaction settled it: if another settle
-        # won, its values (and its outbox row) stand.
-        return [(METER_EVENT_SQL, params(values))]
+        values = {
+            "meter_kind": StripeOutbox.Kind.METER_EVENT.value,
+            "meter_pending": StripeOutbox.Status.PENDING.value,
+            "meter_now": timezone.now(),
+            "meter_ok": Generation.Status.OK.value,
+        }
+        return [(METER_EVENT_SQL, values)]
 
     def committed(self) -> None:
         if settings.STRIPE_SEND_AFTER_COMMIT:

@@ -6,10 +6,12 @@ when they load (their AppConfig.ready)."""
 reconcile_checks: list = []
 
 # Outboxes written in settle()'s own transaction (usage/limits.py), so what they record
-# commits with the ledger row or not at all. Each has statements(generation_id, fields):
-# the (sql, params) to run after the row is settled (an empty list when it has nothing to
-# write; then settle() opens no transaction for it), and committed(): called after that
-# transaction committed. Billing's meter-event outbox is one.
+# commits with the ledger row or not at all. Each has statements(fields): INSERT ... SELECT
+# ... FROM settled statements, with named parameters of their own, that record what they
+# need of `settled` (usage/sql.py's SETTLED: the row as the settle left it); an empty list
+# when it has nothing to write. On PostgreSQL they become part of the settle's one
+# statement. And committed(): called after that transaction committed. Billing's
+# meter-event outbox is one.
 settle_outboxes: list = []
 
 # Limits beside the budget, checked in reserve()'s locked transaction (usage/limits.py).

@@ -25,7 +25,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from chatusage.db import batch, postgres, require_transaction
+from chatusage.db import batch, require_transaction
 from usage import alerts, budget, hooks, sql
 from usage.cycles import Cycle, cycle_for, local_day
 from usage.models import Generation, UsageAccount
@@ -526,20 +526,20 @@ def settle_with(
         }
     watch = reservation.alerting and fields["charge"] > 0
     user_id = reservation.user_id
-    statements = sql.settle(
+    # What other apps record with the settle (billing's meter events), in its transaction.
+    outboxes = [
+        (outbox, writes)
+        for outbox in hooks.settle_outboxes
+        if (writes := outbox.statements(fields))
+    ]
+    statements, decisive = sql.settle(
         reservation.generation_id,
         user_id,
         reservation.model,
         local_day(reservation.reserved_at),
         fields,
+        [statement for _, writes in outboxes for statement in writes],
     )
-    # What other apps record with the settle (billing's meter events), in its transaction.
-    outboxes = [
-        (outbox, writes)
-        for outbox in hooks.settle_outboxes
-        if (writes := outbox.statements(reservation.generation_id, fields))
-    ]
-    written = [statement for _, writes in outboxes for statement in writes]
     if watch:
         # Alerts need this user's settles in a row: the lock makes each one read the spend
         # every earlier settle committed, so exactly one of them crosses each threshold.
@@ -548,22 +548,21 @@ def settle_with(
             account_rows, *results, spend_rows = batch(
                 sql.lock_account(user_id),
                 *statements,
-                *written,
                 *also,
                 _recent_spend(user_id, now),
             )
-            won = bool(results[len(statements) - 1])
+            won = bool(results[decisive])
             if won and account_rows:
                 account, spend, _ = _standing(user_id, now, account_rows[0], spend_rows)
                 alerts.after_settle(account, spend.cycle, spend.settled_cost, fields["charge"])
     else:
-        # PostgreSQL settles in one statement; SQLite's two, or an outbox's, need a
-        # transaction.
-        alone = postgres() and not written and not also
+        # PostgreSQL settles in one statement (its outboxes' writes included); SQLite's
+        # several need a transaction.
+        alone = len(statements) == 1 and not also
         with nullcontext() if alone else transaction.atomic(savepoint=False):
-            results = batch(*statements, *written, *also)
-        won = bool(results[len(statements) - 1])
-    extra = results[len(statements) + len(written) :]
+            results = batch(*statements, *also)
+        won = bool(results[decisive])
+    extra = results[len(statements) :]
     # After the settle's commit, or the caller's transaction's when there is one.
     for outbox, _ in outboxes:
         transaction.on_commit(outbox.committed)

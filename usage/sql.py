@@ -199,23 +199,36 @@ ON CONFLICT (user_id, day, model) DO UPDATE SET
     charge = d.charge + excluded.charge
 RETURNING user_id
 """
+# What an outbox (usage/hooks.py) reads of the row a settle left: the relation `settled`.
+SETTLED = "id, user_id, model, status, charge, settled_at"
 # PostgreSQL: one statement. The UPDATE decides who settles (a second settle finds the row
-# settled and changes nothing) and the rollup adds only what it returned.
+# settled and changes nothing); the rollup adds, and the outboxes' INSERTs (as more
+# `outbox_N AS (...)` after it) record, only what it returned.
 SETTLE_POSTGRES = f"""
-WITH s AS ({_UPDATE} RETURNING user_id, model)
-{_ROLLUP.format(user="s.user_id", model="s.model", source="FROM s")}
+WITH settled AS ({_UPDATE} RETURNING {SETTLED}){{outboxes}}
+{_ROLLUP.format(user="settled.user_id", model="settled.model", source="FROM settled")}
 """
 # SQLite has no UPDATE inside WITH: two statements in the caller's transaction, the second
-# adding to the rollup only if the first changed a row (changes(): the last statement's).
+# adding to the rollup only if the first changed a row (changes(): the last statement's),
+# then each outbox's reading the row as it now stands: settled by this call, or by the one
+# before it, whose outbox rows are in already (the INSERTs skip what is there).
 SETTLE_SQLITE = [
     _UPDATE,
     _ROLLUP.format(user="%(user)s", model="%(model)s", source="WHERE changes() = 1"),
 ]
+SETTLED_SQLITE = f"WITH settled AS (SELECT {SETTLED} FROM {GENERATION} WHERE id = %(id)s)\n"
 
 
-def settle(generation_id: UUID, user_id: int, model: str, day: date, fields: dict) -> list:
-    """The statements that settle one generation; the last one returns a row if this call
-    settled it. On SQLite, run them in one transaction."""
+def settle(
+    generation_id: UUID, user_id: int, model: str, day: date, fields: dict, outboxes=()
+) -> tuple[list, int]:
+    """The statements that settle one generation, and which of them returns a row if this
+    call settled it. On SQLite, run them in one transaction.
+
+    `outboxes`: INSERT ... SELECT ... FROM settled statements with named parameters (an
+    outbox's of usage/hooks.py), recorded with the settle: on PostgreSQL inside its one
+    statement, so they add no statement of their own.
+    """
     ok = fields["status"] == Generation.Status.OK
     values = {
         **fields,
@@ -229,9 +242,15 @@ def settle(generation_id: UUID, user_id: int, model: str, day: date, fields: dic
         "abandoned": Generation.Status.ABANDONED.value,
     }
     if postgres():
-        return [(SETTLE_POSTGRES, values)]
-    values = params(values)
-    return [(sql, values) for sql in SETTLE_SQLITE]
+        written = "".join(f",\noutbox_{n} AS ({sql})" for n, (sql, _) in enumerate(outboxes))
+        for _, extra in outboxes:
+            values |= extra
+        return [(SETTLE_POSTGRES.format(outboxes=written), values)], 0
+    statements = [(sql, params(values)) for sql in SETTLE_SQLITE]
+    statements += [
+        (SETTLED_SQLITE + sql, params({"id": generation_id, **extra})) for sql, extra in outboxes
+    ]
+    return statements, len(SETTLE_SQLITE) - 1
 
 
 # --- alerts (usage/alerts.py), in the transaction that settles or refuses ---------------
