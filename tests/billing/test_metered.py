@@ -220,6 +220,34 @@ def test_a_row_another_sender_holds_is_left_to_it(django_user_model, stripe_on):
     assert statuses == {held.pk: "pending", free.pk: "sent"}
 
 
+def test_stripe_is_reached_through_the_proxy_the_environment_sets(
+    alice, stripe_on, settings, monkeypatch, tmp_path
+):
+    """Proxy settings are read once per client, not on every request: the proxy still
+    applies (and NO_PROXY still exempts), and ~/.netrc never replaces Stripe's key."""
+    settings.STRIPE_API_KEY = "sk_test_behind_a_proxy"  # a client of its own
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine stripe.test login someone password not-the-key\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    answered(alice)
+    UsageAccount.objects.filter(user=alice).update(stripe_customer_id="cus_alice")
+    meter_answers(stripe_on, 200, 200)
+    assert meters.deliver_due()["sent"] == 1
+    [call] = calls_to(stripe_on, "/v1/billing/meter_events")
+    assert call.request.req_kwargs["proxies"]["http"] == "http://proxy.internal:3128"
+    assert call.request.headers["Authorization"] == "Bearer sk_test_behind_a_proxy"
+
+    settings.STRIPE_API_KEY = "sk_test_next_to_stripe"
+    monkeypatch.setenv("NO_PROXY", "stripe.test")
+    answered(alice)
+    assert meters.deliver_due()["sent"] == 1
+    call = calls_to(stripe_on, "/v1/billing/meter_events")[-1]
+    assert not call.request.req_kwargs["proxies"]
+
+
 def test_events_stripe_refuses_for_good_are_parked_for_staff_never_dropped(
     alice, bob, stripe_on, staff_client
 ):
