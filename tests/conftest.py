@@ -63,6 +63,21 @@ def _isolation(settings):
 
 
 @pytest.fixture(autouse=True)
+def _steady_rate_windows(monkeypatch):
+    """The rate limits' clock (chatusage/ratelimit.py, fixed windows) stands still in the
+    middle of an hour and of a minute: a test's requests could otherwise straddle a
+    window's end and find the limit reset halfway (a test of 30 requests did, in CI)."""
+    import time
+    from types import SimpleNamespace
+
+    from chatusage import ratelimit
+
+    now = time.time()
+    still = now - now % 3600 + 1830
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: still))
+
+
+@pytest.fixture(autouse=True)
 def _price_table(request):
     """The price table a migration seeds, present in every database test.
 
