@@ -77,9 +77,13 @@ def untracked():
             timezone.now(),
         )
 
-    def settle_with(reservation, usage=None, *, also=(), **fields):
+    def settle_with(reservation, usage=None, *, also=(), standing=False, **fields):
         # The chat's own statements (the answer, the standing it shows) still run.
-        return settle(reservation, usage, **fields), batch(*also) if also else []
+        now = timezone.now()
+        reads = limits.standing_reads(reservation.user_id, now) if standing else []
+        rows = batch(*also, *reads) if also or reads else []
+        spend = limits.standing_from(reservation.user_id, now, *rows[-2:]) if reads else None
+        return settle(reservation, usage, **fields), rows[: len(also)], spend
 
     async def create(**options):
         options = {k: v for k, v in options.items() if not k.startswith("posthog_")}

@@ -317,53 +317,47 @@ class AnswerRecord:
             demo=turn.provider.demo,
         )
 
-    def save(self) -> tuple[limits.Settlement, Message]:
-        """Settle and save the answer in one transaction, one commit. Idempotent: run again
-        after a commit whose outcome was lost, it finds the answer and saves no second one.
-        Should saving fail, the call is settled (and its prompt marked answered) on its own
-        before the error goes on: what was delivered is billed, and a billed prompt never
-        offers Retry."""
+    def save(self) -> tuple[limits.Settlement, Message, limits.Spend | None]:
+        """Settle and save the answer in one transaction, one commit, and say where the
+        user now stands. Idempotent: run again after a commit whose outcome was lost, it
+        finds the answer and saves no second one. Should saving fail, the call is settled
+        (and its prompt marked answered) on its own before the error goes on: what was
+        delivered is billed, and a billed prompt never offers Retry."""
 
-        def settle(also=()):
+        def settle(also=(), standing=False):
             return limits.settle_with(
                 self.reservation,
                 self.usage,
                 latency_ms=self.latency_ms,
                 http_status=self.http_status,
                 also=also,
+                standing=standing,
             )
 
-        now = timezone.now()
         values = chat_sql.message_values(
             self.conversation_id,
             Message.Role.ASSISTANT.value,
             self.text,
-            now,
+            timezone.now(),
             self.reservation.generation_id,
             interrupted=self.interrupted,
             error=self.error,
             finish_reason=self.finish_reason,
             demo=self.demo,
         )
-        user_id = self.reservation.user_id
         # Settle, save the answer and read where the user now stands: one round trip on
         # PostgreSQL, then the commit.
         try:
             with transaction.atomic():
-                generation, rows = settle(
-                    (
-                        *chat_sql.save_answer(values, self.prompt_id),
-                        *limits.standing_reads(user_id, now),
-                    )
+                generation, (inserted, _, _), spend = settle(
+                    chat_sql.save_answer(values, self.prompt_id), standing=True
                 )
-                inserted, _, _, account_rows, spend_rows = rows
                 if inserted:
                     answer = chat_sql.saved(inserted[0][0], values)
                 else:  # saved before: this is a retry of a save whose commit was lost
                     answer = Message.objects.get(
                         generation_id=generation.pk, role=Message.Role.ASSISTANT
                     )
-                spend = limits.standing_from(user_id, now, account_rows, spend_rows)
         except Exception:
             with transaction.atomic():
                 settle()

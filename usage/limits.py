@@ -461,11 +461,15 @@ def settle_with(
     latency_ms: int | None = None,
     http_status: int | None = None,
     also: tuple = (),
-) -> tuple[Settlement, list]:
+    standing: bool = False,
+) -> tuple[Settlement, list, Spend | None]:
     """Record what the call really cost and release its reservation. Idempotent.
 
     `also`: the caller's own statements, run after the settle in the same transaction and
     the same round trip (the chat saves its answer this way); their rows come back second.
+    With `standing`, where the user stands after it (the current cycle's Spend; None
+    without an account) comes back third, read in that round trip too: by the reads the
+    alert watch makes anyway, when it makes them.
 
     With `error` (or no usage) the call settles as an error at $0. A row that was
     marked abandoned meanwhile is still settled: the real figures win. One conditional
@@ -540,6 +544,7 @@ def settle_with(
         fields,
         [statement for _, writes in outboxes for statement in writes],
     )
+    spend = None
     if watch:
         # Alerts need this user's settles in a row: the lock makes each one read the spend
         # every earlier settle committed, so exactly one of them crosses each threshold.
@@ -552,28 +557,34 @@ def settle_with(
                 _recent_spend(user_id, now),
             )
             won = bool(results[decisive])
-            if won and account_rows:
+            if account_rows:
                 account, spend, _ = _standing(user_id, now, account_rows[0], spend_rows)
-                alerts.after_settle(account, spend.cycle, spend.settled_cost, fields["charge"])
+                if won:
+                    alerts.after_settle(account, spend.cycle, spend.settled_cost, fields["charge"])
     else:
+        reads = standing_reads(user_id, now) if standing else []
         # PostgreSQL settles in one statement (its outboxes' writes included); SQLite's
         # several need a transaction.
-        alone = len(statements) == 1 and not also
+        alone = len(statements) == 1 and not also and not reads
         with nullcontext() if alone else transaction.atomic(savepoint=False):
-            results = batch(*statements, *also)
+            results = batch(*statements, *also, *reads)
+        if reads:
+            results, (account_rows, spend_rows) = results[: -len(reads)], results[-len(reads) :]
+            spend = standing_from(user_id, now, account_rows, spend_rows)
         won = bool(results[decisive])
     extra = results[len(statements) :]
+    spend = spend if standing else None
     # After the settle's commit, or the caller's transaction's when there is one.
     for outbox, _ in outboxes:
         transaction.on_commit(outbox.committed)
     if not won:  # settled before (a retry, or expiry raced us): report what the row holds
-        return Settlement.of(Generation.objects.get(pk=reservation.generation_id)), extra
+        return Settlement.of(Generation.objects.get(pk=reservation.generation_id)), extra, spend
     for callback in hooks.after_settle:
         transaction.on_commit(partial(callback, user_id, fields))
     settlement = Settlement(
         generation_id=reservation.generation_id, user_id=user_id, model=reservation.model, **fields
     )
-    return settlement, extra
+    return settlement, extra, spend
 
 
 def standing_reads(user_id: int, now: datetime) -> list:
