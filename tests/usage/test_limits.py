@@ -383,3 +383,29 @@ def test_budgets_hold_and_count_the_users_charge(alice, dollar_model, settings):
     spend = limits.spend_for(alice.usage_account, limits.cycle_for(alice.usage_account))
     assert spend.settled_cost == Decimal("0.80")
     reserve(alice, dollar_model, MESSAGES, 100)  # $0.80 + $2.00 fits in $3.00
+
+
+@pytest.mark.parametrize("budget", ["5.00", "0"], ids=["watched by alerts", "no cap"])
+def test_a_settle_says_where_the_user_stands_after_it(alice, bob, budget):
+    """What the chat shows after an answer: this call settled, the others still held."""
+    set_budget(alice, budget)
+    earlier = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    settle(earlier, TokenUsage(10, 0, 20))
+    held = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    reserve(bob, "gpt-4o-mini", MESSAGES, 500)  # someone else's: not counted
+    reservation = reserve(alice, "gpt-4o-mini", MESSAGES, 500)
+    with CaptureQueriesContext(connection) as queries:
+        settlement, extra, spend = limits.settle_with(
+            reservation, TokenUsage(30, 0, 40), standing=True
+        )
+    charges = Generation.objects.filter(user=alice, status="ok").values_list("charge", flat=True)
+    assert (
+        spend.settled_cost
+        == sum(charges)
+        == settlement.charge + Generation.objects.get(pk=earlier.generation_id).charge
+    )
+    assert (spend.pending_messages, spend.pending_cost) == (1, held.reserved_cost)
+    assert spend.budget == Decimal(budget) and extra == []
+    reads = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 2  # the account and the spend, once
+    assert limits.settle_with(reservation, TokenUsage(30, 0, 40))[2] is None  # not asked
