@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -142,18 +142,6 @@ def next_history(turn: Turn, answer: str) -> list[dict]:
     return _fitted(reversed(earlier), "")
 
 
-def _start_conversation(conversation: Conversation, text: str, generation_id: UUID) -> Message:
-    """Save a new conversation and its first message, marked failed until answered."""
-    now = timezone.now()
-    conversation.created_at = conversation.updated_at = now
-    values = chat_sql.message_values(
-        conversation.pk, Message.Role.USER.value, text, now, generation_id, failed=True
-    )
-    _, (row,) = batch(*chat_sql.start_conversation(conversation, values))
-    conversation._state.adding, conversation._state.db = False, "default"
-    return chat_sql.saved(row[0], values)
-
-
 def _continued(user, conversation_id) -> tuple[Conversation, list]:
     """The user's conversation and its messages, newest first (chat_sql.earlier()'s rows),
     read in one round trip; 404 if it is not theirs or the id is no UUID."""
@@ -171,20 +159,41 @@ def _continued(user, conversation_id) -> tuple[Conversation, list]:
     return conversation, earlier
 
 
-def _save_prompt(conversation: Conversation, text: str, generation_id: UUID, earlier) -> Message:
-    """Save the user's message; a retry of the last, failed prompt reuses it. `earlier`:
-    the conversation's messages, newest first, as _continued() read them."""
-    values = chat_sql.message_values(
-        conversation.pk, Message.Role.USER.value, text, timezone.now(), generation_id, failed=True
-    )
+def _saving_prompt(conversation: Conversation, text: str, generation_id: UUID, earlier):
+    """How a turn saves its prompt (and a new conversation) with its reservation
+    (limits.reserve_with): the statements, the statements that take them back, and a
+    function that makes the prompt's Message from their rows. The prompt is marked failed
+    until answered; a retry of the last, failed prompt reuses it. `earlier`: the
+    conversation's messages, newest first, as _continued() read them (None: a new one)."""
+    now = timezone.now()
+    user = Message.Role.USER.value
+    values = chat_sql.message_values(conversation.pk, user, text, now, generation_id, failed=True)
+    if earlier is None:
+        conversation.created_at = conversation.updated_at = now
+
+        def started(rows) -> Message:
+            _, (row,) = rows
+            conversation._state.adding, conversation._state.db = False, "default"
+            return chat_sql.saved(row[0], values)
+
+        statements = chat_sql.start_conversation(conversation, values)
+        return statements, chat_sql.drop_conversation(conversation.pk), started
     last = chat_sql.Earlier._make(earlier[0]) if earlier else None
-    if last and last.role == Message.Role.USER and last.failed and last.content == text:
-        batch(chat_sql.reuse_prompt(last.id, generation_id))
-        # Its created_at is the first try's: left to load from the row if asked for.
-        fields = ["id", "conversation_id", "role", "content", "generation_id", "failed"]
-        return Message.from_db("default", fields, [last.id, *(values[f] for f in fields[1:])])
-    ((row,),) = batch(chat_sql.save_prompt(values))
-    return chat_sql.saved(row[0], values)
+    if last and last.role == user and last.failed and last.content == text:
+
+        def reused(rows) -> Message:
+            # Its created_at is the first try's: left to load from the row if asked for.
+            fields = ["id", "conversation_id", "role", "content", "generation_id", "failed"]
+            return Message.from_db("default", fields, [last.id, *(values[f] for f in fields[1:])])
+
+        back = chat_sql.reuse_prompt(last.id, last.generation_id)
+        return [chat_sql.reuse_prompt(last.id, generation_id)], [back], reused
+
+    def saved(rows) -> Message:
+        ((row,),) = rows
+        return chat_sql.saved(row[0], values)
+
+    return [chat_sql.save_prompt(values)], [chat_sql.drop_prompt(generation_id)], saved
 
 
 def _refusal(exc: Exception, conversation: Conversation | None) -> ChatError:
@@ -218,9 +227,9 @@ def _check_rate(user) -> None:
 
 def start_turn(user, prompt_text, conversation_id=None) -> Turn:
     """Count the turn against the user's rate limit, validate, then reserve budget for the
-    call and save the prompt (and a new conversation) in one transaction: one commit, and
-    never one without the other. All of it is one step of the request (one thread hand-off
-    and one pooled connection).
+    call and save the prompt (and a new conversation) in one transaction: one round trip
+    and the commit, and never one without the other. All of it is one step of the request
+    (one thread hand-off and one pooled connection).
 
     A refused turn (bad input, budget, message limit, unpriced model) writes nothing but
     the refusal's alert: the prompt goes back to the composer with the reason. An accepted
@@ -230,15 +239,17 @@ def start_turn(user, prompt_text, conversation_id=None) -> Turn:
     text = clean_prompt(prompt_text)
     new_conversation = not conversation_id
     if new_conversation:
-        conversation, earlier = Conversation(user=user, title=text.splitlines()[0][:80]), []
+        conversation, earlier = Conversation(user=user, title=text.splitlines()[0][:80]), None
     else:
         conversation, earlier = _continued(user, conversation_id)
-    messages = _fitted(_answered(earlier), text)
+    messages = _fitted(_answered(earlier or []), text)
     provider = llm.current_provider()
+    generation_id = uuid4()
+    saving, undo, prompt_from = _saving_prompt(conversation, text, generation_id, earlier)
     refused = None
     with transaction.atomic():
         try:
-            reservation = limits.reserve(
+            reservation, rows = limits.reserve_with(
                 user,
                 provider.model,
                 messages,
@@ -246,14 +257,14 @@ def start_turn(user, prompt_text, conversation_id=None) -> Turn:
                 provider=provider.name,
                 conversation_id=conversation.pk,
                 new_chat_messages=None if new_conversation else history(None, text),
+                generation_id=generation_id,
+                also=saving,
+                undo=undo,
             )
         except (limits.UsageLimitReached, UnknownModelError) as exc:
             refused = exc  # raised after the commit, which keeps what reserve() recorded
         else:
-            if new_conversation:
-                prompt = _start_conversation(conversation, text, reservation.generation_id)
-            else:
-                prompt = _save_prompt(conversation, text, reservation.generation_id, earlier)
+            prompt = prompt_from(rows)
     if refused is not None:
         raise _refusal(refused, None if new_conversation else conversation) from refused
     return Turn(user, conversation, prompt, messages, reservation, provider)

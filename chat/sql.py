@@ -1,6 +1,6 @@
 """The statements of a chat turn (chat/services.py): a conversation's messages for its
-history, the prompt (with a new conversation's row), and the answer with its settle, each
-in one round trip. As in usage/sql.py, only table and column names
+history, the prompt (with a new conversation's row) with the reservation, and the answer
+with its settle, each in one round trip. As in usage/sql.py, only table and column names
 from the models are written into the SQL; every value is a parameter."""
 # ruff: noqa: S608
 
@@ -43,11 +43,12 @@ class Earlier(NamedTuple):
     role: str
     content: str
     failed: bool
+    generation_id: UUID | str | None  # SQLite answers its text
 
 
 # Only if the conversation is the user's: the scope is in the statement itself.
 EARLIER = (
-    f"SELECT m.id, m.role, m.content, m.failed FROM {MESSAGE} m "
+    f"SELECT m.id, m.role, m.content, m.failed, m.generation_id FROM {MESSAGE} m "
     f"JOIN {CONVERSATION} c ON c.id = m.conversation_id "
     "WHERE m.conversation_id = %s AND c.user_id = %s ORDER BY m.created_at DESC, m.id DESC"
 )
@@ -73,12 +74,28 @@ def save_prompt(prompt: dict) -> tuple[str, list]:
     return INSERT_MESSAGE, params([prompt[f] for f in MESSAGE_FIELDS])
 
 
-def reuse_prompt(prompt_id: int, generation_id: UUID) -> tuple[str, list]:
-    """Point a failed prompt at its retry's generation."""
+def reuse_prompt(prompt_id: int, generation_id: UUID | str | None) -> tuple[str, list]:
+    """Point a failed prompt at its retry's generation (or back at its own)."""
     return (
         f"UPDATE {MESSAGE} SET generation_id = %s WHERE id = %s",
         params([generation_id, prompt_id]),
     )
+
+
+def drop_prompt(generation_id: UUID) -> tuple[str, list]:
+    """Take back the prompt save_prompt() inserted for `generation_id`."""
+    return (
+        f"DELETE FROM {MESSAGE} WHERE generation_id = %s AND role = %s",
+        params([generation_id, Message.Role.USER.value]),
+    )
+
+
+def drop_conversation(conversation_id: UUID) -> list:
+    """Take back what start_conversation() inserted."""
+    return [
+        (f"DELETE FROM {MESSAGE} WHERE conversation_id = %s", params([conversation_id])),
+        (f"DELETE FROM {CONVERSATION} WHERE id = %s", params([conversation_id])),
+    ]
 
 
 def start_conversation(conversation: Conversation, prompt: dict) -> list:

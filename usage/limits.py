@@ -310,31 +310,29 @@ def _standing(user_id: int, now: datetime, account_row, spend_rows):
 
 
 def _locked_spend(
-    user_id: int, now: datetime, hold=None, reads=()
-) -> tuple[UsageAccount, Spend, bool, list]:
+    user_id: int, now: datetime, hold=(), reads=(), undo=()
+) -> tuple[UsageAccount, Spend, bool, list, list]:
     """Lock the user's account and read where they stand (and `reads`, statements of the
-    reserve_limits hooks), then run `hold` (a reservation's insert), all in one round trip
-    on PostgreSQL. Call inside a transaction.
+    reserve_limits hooks), then run `hold` (a reservation's insert, and the caller's
+    statements that go with it), all in one round trip on PostgreSQL. Call inside a
+    transaction.
 
     The spend is read after the lock is held (its own statement, its own snapshot), so it
     sees every reservation and settle committed before ours, and not `hold`, which comes
-    after it. Returns (account, spend, whether `hold` is in, the rows of `reads`): off the
-    usual path (an account to make, stale reservations to release) `hold` is taken back,
-    and the caller decides again.
+    after it. Returns (account, spend, whether `hold` is in, the rows of `reads`, those of
+    `hold`): off the usual path (an account to make, stale reservations to release) `hold`
+    is taken back (`undo`, then the reservation's delete), and the caller decides again.
     """
     require_transaction("_locked_spend()")
     account_rows, spend_rows, *results = batch(
-        sql.lock_account(user_id),
-        _recent_spend(user_id, now),
-        *reads,
-        *([hold] if hold else []),
+        sql.lock_account(user_id), _recent_spend(user_id, now), *reads, *hold
     )
     if account_rows:
         account, spend, stale = _standing(user_id, now, account_rows[0], spend_rows)
         if not stale:
-            return account, spend, hold is not None, results[: len(reads)]
+            return account, spend, bool(hold), results[: len(reads)], results[len(reads) :]
     if hold:
-        batch(sql.take_back(hold))
+        batch(*undo, sql.take_back(hold[0]))
     if not account_rows:  # made with the user; one made before accounts existed gets it now
         from django.contrib.auth import get_user_model
 
@@ -360,14 +358,38 @@ def reserve(
 
     One transaction, two round trips on PostgreSQL: lock the account, read the spend and
     insert the reservation; then apply the rules (refusal()) and commit, or take the
-    reservation back first. Nobody sees it before the commit.
+    reservation back first. Nobody sees it before the commit. (reserve_with() does the
+    work.)
     """
+    return reserve_with(
+        user, model, messages, max_tokens, provider, conversation_id, new_chat_messages
+    )[0]
+
+
+def reserve_with(
+    user,
+    model: str,
+    messages: list[dict],
+    max_tokens: int,
+    provider: str = "openai",
+    conversation_id: UUID | None = None,
+    new_chat_messages: list[dict] | None = None,
+    *,
+    generation_id: UUID | None = None,
+    also: tuple = (),
+    undo: tuple = (),
+) -> tuple[Reservation, list]:
+    """reserve(), with the caller's own statements (`also`) sent with the reservation's
+    insert, in its round trip and its transaction (the chat saves the prompt this way):
+    their rows come back second. `undo`: the statements that take them back, run before
+    the reservation's delete when the call is refused (or decided again). They may name
+    the reservation by `generation_id`, its id when given."""
     price = price_for(model)
     input_bound = worst_case_input_tokens(messages)
     markup = settings.BILLING_MARKUP_PERCENT
     now = timezone.now()
     reservation = Reservation(
-        generation_id=uuid4(),
+        generation_id=generation_id or uuid4(),
         user_id=user.pk,
         model=model,
         provider=provider,
@@ -378,14 +400,14 @@ def reserve(
         reserved_at=now,
         markup_percent=markup,
     )
-    hold = sql.insert_reservation(reservation, conversation_id, lease_end(now))
+    hold = [sql.insert_reservation(reservation, conversation_id, lease_end(now)), *also]
     # savepoint=False: inside the caller's transaction (the chat turn's) this adds no
     # round trips; an error rolls that transaction back.
     # Limits other apps set (billing's prepaid credit): their reads join the locked batch.
     limits_reads = [(limit, limit.statements(user.pk)) for limit in hooks.reserve_limits]
     reads = [statement for _, statements in limits_reads for statement in statements]
     with transaction.atomic(savepoint=False):
-        account, spend, held, rows = _locked_spend(user.pk, now, hold, reads)
+        account, spend, held, rows, written = _locked_spend(user.pk, now, hold, reads, undo)
         new_chat = (
             None
             if new_chat_messages is None
@@ -399,9 +421,9 @@ def reserve(
             if refused is None and statements:
                 refused = limit.refusal(mine, spend, reservation.reserved_cost, now)
         if refused is None and not held:
-            batch(hold)
+            written = batch(*hold)
         elif refused is not None and held:
-            batch(sql.take_back(hold))
+            batch(*undo, sql.take_back(hold[0]))
         if refused is not None and refused.reason in ("budget", "messages"):
             # Only when a new chat would be refused too: a conversation too long for what
             # is left has not reached the limit. Committed with this transaction, so it is
@@ -409,7 +431,7 @@ def reserve(
             alerts.after_refusal(account, spend.cycle, spend.settled_cost, refused.reason)
     if refused is not None:
         raise refused
-    return replace(reservation, alerting=alerts.watches(account))
+    return replace(reservation, alerting=alerts.watches(account)), written[1:]
 
 
 def refusal(

@@ -376,6 +376,19 @@ def test_a_retry_reuses_the_failed_prompt(alice_client, openai_mock):
     ]
 
 
+def test_a_refused_retry_leaves_the_failed_prompt_as_it_was(alice_client, alice, openai_mock):
+    openai_mock.answer(500, {"error": {"message": "boom"}}, headers={"retry-after-ms": "1"})
+    failed = post(alice_client, {"prompt": "Again?"}).json()
+    prompt = Message.objects.get(conversation_id=failed["conversation_id"])
+    set_budget(alice, "0.01")
+    hold_budget(alice, "0.0099999")
+    refused = post(alice_client, {"prompt": "Again?", "conversation_id": failed["conversation_id"]})
+    assert refused.status_code == 429
+    again = Message.objects.get(conversation_id=failed["conversation_id"])
+    assert (again.pk, again.failed, again.generation_id) == (prompt.pk, True, prompt.generation_id)
+    assert Generation.objects.get(pk=prompt.generation_id).status == "error"
+
+
 def test_a_posthog_outage_never_affects_chat(
     alice_client, alice, openai_mock, settings, requests_mock
 ):
@@ -554,13 +567,11 @@ def test_a_prompt_that_cannot_be_saved_holds_no_budget(alice, openai_mock, monke
     turn = services.start_turn(alice, "Hello")
     services.limits.settle(turn.reservation, error="not this test's point")
 
-    def broken(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(services, "_save_prompt", broken)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(chat_sql, "save_prompt", lambda values: broken_insert)
+    with pytest.raises(DatabaseError):
         services.start_turn(alice, "Again", conversation_id=str(turn.conversation.pk))
     assert Generation.objects.count() == 1
+    assert turn.conversation.messages.count() == 1
 
 
 def test_an_answer_that_cannot_be_saved_is_still_billed(alice, openai_mock, monkeypatch):

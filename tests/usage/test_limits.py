@@ -238,7 +238,7 @@ def test_the_spend_read_covers_a_whole_31_day_cycle_and_nothing_before_it(alice)
         )
     end_of_january = datetime(2026, 1, 31, 23, 0, tzinfo=UTC)
     with transaction.atomic():
-        account, spend, _, _ = limits._locked_spend(alice.pk, end_of_january)
+        account, spend, _, _, _ = limits._locked_spend(alice.pk, end_of_january)
     assert (spend.cycle.start_date, spend.cycle.end_date) == (date(2026, 1, 1), date(2026, 2, 1))
     assert (spend.settled_cost, spend.settled_messages) == (Decimal(3), 2)
     assert account.effective_budget == Decimal("10.00")
