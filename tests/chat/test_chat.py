@@ -1,11 +1,13 @@
 import json
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import httpx2
 import pytest
 from asgiref.sync import async_to_sync
 from django.test import Client
+from django.utils import timezone
 
 from chat import services
 from chat.models import Conversation, Message
@@ -387,6 +389,28 @@ def test_a_refused_retry_leaves_the_failed_prompt_as_it_was(alice_client, alice,
     again = Message.objects.get(conversation_id=failed["conversation_id"])
     assert (again.pk, again.failed, again.generation_id) == (prompt.pk, True, prompt.generation_id)
     assert Generation.objects.get(pk=prompt.generation_id).status == "error"
+
+
+@pytest.mark.parametrize("in_a_conversation", [False, True])
+def test_a_turn_that_first_releases_a_stuck_hold_saves_its_prompt_once(alice, in_a_conversation):
+    """reserve() decides again after releasing a hold whose turn stopped (a killed worker):
+    the prompt sent with the reservation is taken back and saved once, with the new one."""
+    conversation_id = None
+    if in_a_conversation:
+        first = services.start_turn(alice, "first")
+        services.limits.settle(first.reservation, error="not this test's point")
+        conversation_id = str(first.conversation.pk)
+    stuck = hold_budget(alice, "0.01")
+    lapsed = timezone.now() - timedelta(seconds=1)
+    Generation.objects.filter(pk=stuck.pk).update(lease_until=lapsed)
+    turn = services.start_turn(alice, "Hello", conversation_id)
+    assert Generation.objects.get(pk=stuck.pk).status == "abandoned"
+    prompts = Message.objects.filter(role="user", content="Hello")
+    assert [(m.pk, m.generation_id) for m in prompts] == [
+        (turn.prompt.pk, turn.reservation.generation_id)
+    ]
+    assert Conversation.objects.count() == 1
+    assert Generation.objects.get(pk=turn.reservation.generation_id).status == "pending"
 
 
 def test_a_posthog_outage_never_affects_chat(
