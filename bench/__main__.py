@@ -198,13 +198,15 @@ def rows(by: dict) -> list[tuple[str, str, str]]:
                 (
                     f"CPU per {kind} call in one process ({f['chunks']} chunks, {f['at_once']} "
                     "in flight, 2 messages): httpx2 alone vs the OpenAI SDK vs PostHog's wrapper "
-                    "around it, messages as `messages` and as the product sends them "
-                    "(`extra_body`, privacy mode): the floor under a turn",
+                    "around it vs the product's client (chat/llm.py: the SDK's chat objects "
+                    "built by pydantic's validator), messages as `messages`, and as the product "
+                    "sends them (`extra_body`, privacy mode): the floor under a turn",
                     f"raw {f[kind + '_raw_ms']} ms · SDK {f[kind + '_sdk_ms']} ms · wrapped "
-                    f"{f[kind + '_wrapped_ms']} ms · product's form "
+                    f"{f[kind + '_wrapped_ms']} ms · the product's client "
+                    f"{f[kind + '_validated_ms']} ms · product's form "
                     f"**{f[kind + '_product_ms']} ms** (rounds {f[kind + '_product_all_ms']}): "
                     f"the SDK and wrapper add **{f[kind + '_product_added_ms']} ms** "
-                    f"({f[kind + '_added_ms']} ms with `messages`)",
+                    f"({f[kind + '_added_ms']} ms as PostHog's wrapper comes)",
                     "",
                 )
             )

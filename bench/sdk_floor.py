@@ -9,7 +9,9 @@ this process's CPU time per call, for three clients run side by side, round by r
   transform, a pydantic object per answer or per chunk);
 - `wrapped`: posthog.ai.openai.AsyncOpenAI (privacy mode, a distinct id, properties),
   capturing each `$ai_generation` to a loopback sink, messages given as `messages`;
-- `product`: the same, with the messages in `extra_body` as chat/llm.py sends them when
+- `validated`: chat/llm.py's `Client`, PostHog's wrapper building the SDK's chat objects
+  with pydantic's validator, messages given as `messages`;
+- `product`: that client with the messages in `extra_body` as chat/llm.py sends them when
   privacy mode is on (the SDK and the wrapper then skip their per-message work).
 
 Each with two messages, and `wrapped`/`product` again with twenty (a conversation's history),
@@ -21,7 +23,7 @@ import json
 import statistics
 import time
 
-from bench.common import emit, server_process
+from bench.common import emit, server_process, setup_django
 
 CALLS = 200  # per round and client
 ROUNDS = 5
@@ -46,11 +48,14 @@ async def _run(model_url: str, sink_url: str) -> dict:
     from posthog import Posthog
     from posthog.ai.openai import AsyncOpenAI
 
+    from chat.llm import Client
+
     base = f"{model_url}/v1"
     http = httpx2.AsyncClient(timeout=60)
     bare = openai.AsyncOpenAI(api_key="sk-bench", base_url=base, max_retries=1)
     capture = Posthog("phc_bench", host=sink_url, privacy_mode=True)
     wrapped = AsyncOpenAI(api_key="sk-bench", base_url=base, max_retries=1, posthog_client=capture)
+    ours = Client(api_key="sk-bench", base_url=base, max_retries=1, posthog_client=capture)
 
     async def raw(stream: bool):
         payload = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 100}
@@ -82,12 +87,13 @@ async def _run(model_url: str, sink_url: str) -> dict:
         "raw": raw,
         "sdk": lambda stream: through(bare, stream),
         "wrapped": lambda stream: through(wrapped, stream, **posthog),
-        "product": lambda stream: through(wrapped, stream, as_extra=True, **posthog),
+        "validated": lambda stream: through(ours, stream, **posthog),
+        "product": lambda stream: through(ours, stream, as_extra=True, **posthog),
     }
     long_clients = {
         "wrapped_20_messages": lambda stream: through(wrapped, stream, HISTORY, **posthog),
         "product_20_messages": lambda stream: through(
-            wrapped, stream, HISTORY, as_extra=True, **posthog
+            ours, stream, HISTORY, as_extra=True, **posthog
         ),
     }
 
@@ -127,6 +133,7 @@ async def _run(model_url: str, sink_url: str) -> dict:
 
 
 def main():
+    setup_django()
     with server_process("model", "0", str(CHUNKS)) as model_url, server_process("sink") as sink:
         figures = asyncio.run(_run(model_url, sink))
     emit(bench="sdk_floor", calls=CALLS, rounds=ROUNDS, at_once=AT_ONCE, chunks=CHUNKS, **figures)

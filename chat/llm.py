@@ -25,7 +25,9 @@ from uuid import UUID
 import httpx2
 import openai
 import posthog
+import pydantic
 from django.conf import settings
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from posthog.ai.openai import AsyncOpenAI
 
 from chat import demo
@@ -88,17 +90,44 @@ def deadline() -> float:
     return time.monotonic() + settings.OPENAI_DEADLINE
 
 
+class Client(AsyncOpenAI):
+    """PostHog's wrapped client, building the SDK's chat answers with pydantic's validator.
+
+    The SDK builds each answer, and each chunk of a stream, with a lenient constructor of
+    its own written in Python: about 130 µs a chunk here, a fifth of a streamed turn's CPU.
+    An answer or chunk exactly of its declared shape (every value of its field's type, no
+    field the SDK does not know) comes out of pydantic's compiled validator as the same
+    objects in about 9 µs: one pass checks the shape (unknown fields refused), a second
+    builds the objects as the SDK's models keep them (with their empty `model_extra`).
+    Anything else (a provider's own field, a finish reason the SDK does not list) fails the
+    check and goes the SDK's way, as before.
+    """
+
+    def _process_response_data(self, *, data, cast_to, response):
+        if cast_to in _CHAT_TYPES and type(data) is dict and not self._strict_response_validation:
+            try:
+                cast_to.model_validate(data, strict=True, extra="forbid")
+            except pydantic.ValidationError:
+                pass
+            else:
+                return cast_to.model_validate(data, strict=True)
+        return super()._process_response_data(data=data, cast_to=cast_to, response=response)
+
+
+_CHAT_TYPES = frozenset({ChatCompletion, ChatCompletionChunk})
+
+
 # One wrapped client per event loop: an async HTTP connection pool belongs to the loop it
 # was opened on. Under uvicorn a worker has one loop, so one client; a dev server or a test
 # that runs each request on a new loop gets a fresh one instead of a pool from a dead loop.
 _lock = threading.Lock()
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI]" = (
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Client]" = (
     weakref.WeakKeyDictionary()
 )
 _http_client: httpx2.AsyncClient | None = None  # set by tests and benchmarks to mock OpenAI
 
 
-def _build_client() -> AsyncOpenAI:
+def _build_client() -> Client:
     provider = current_provider()
     options = {
         "posthog_client": analytics.client(),
@@ -115,7 +144,7 @@ def _build_client() -> AsyncOpenAI:
             options["base_url"] = settings.OPENAI_BASE_URL
         if _http_client is not None:
             options["http_client"] = _http_client
-    return AsyncOpenAI(**options)
+    return Client(**options)
 
 
 @functools.cache
@@ -124,14 +153,14 @@ def load_sdk() -> None:
     keeping no client: gunicorn's master does this before it forks the workers, so no
     worker's first chat waits for it and the workers share those modules' memory. Nothing
     here starts a thread or opens a connection (a disabled capture client, no request)."""
-    AsyncOpenAI(
+    Client(
         posthog_client=posthog.Posthog("unused", disabled=True, send=False),
         api_key="unused",
         base_url=demo.DEMO_BASE_URL,
     )
 
 
-def client() -> AsyncOpenAI:
+def client() -> Client:
     loop = asyncio.get_running_loop()
     with _lock:
         wrapped = _clients.get(loop)
