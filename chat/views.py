@@ -125,8 +125,9 @@ async def conversation(request: HttpRequest, conversation_id) -> HttpResponse:
 
 
 async def _sse(events):
+    # Bytes, not text: Django would look its charset setting up to encode each event.
     async for event, data in events:
-        yield f"event: {event}\ndata: {json.dumps(data)}\n\n"
+        yield f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 class EventStreamResponse(StreamingHttpResponse):
