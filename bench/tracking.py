@@ -54,10 +54,23 @@ def untracked():
     price = price_for(llm.current_provider().model)
     bare = bare_client()
 
-    def reserve(user, model, messages, max_tokens, provider="openai", **_):
+    def reserve(user, model, messages, max_tokens, provider="openai", *_, generation_id=None, **__):
         return limits.Reservation(
-            uuid.uuid4(), user.pk, model, provider, price, 0, 0, max_tokens, timezone.now()
+            generation_id or uuid.uuid4(),
+            user.pk,
+            model,
+            provider,
+            price,
+            0,
+            0,
+            max_tokens,
+            timezone.now(),
         )
+
+    def reserve_with(user, model, messages, max_tokens, provider="openai", *args, also=(), **kw):
+        # The chat's own statements (the prompt, a new conversation) still run.
+        reservation = reserve(user, model, messages, max_tokens, provider, *args, **kw)
+        return reservation, batch(*also) if also else []
 
     def settle(reservation, usage=None, *, error="", latency_ms=None, http_status=None):
         return limits.Settlement(
@@ -93,13 +106,22 @@ def untracked():
 
     @contextlib.contextmanager
     def swapped():
-        saved = limits.reserve, limits.settle, limits.settle_with, llm.client
-        limits.reserve, limits.settle, limits.settle_with = reserve, settle, settle_with
+        stand_ins = {
+            "reserve": reserve,
+            "reserve_with": reserve_with,
+            "settle": settle,
+            "settle_with": settle_with,
+        }
+        saved = {name: getattr(limits, name) for name in stand_ins}, llm.client
+        for name, stand_in in stand_ins.items():
+            setattr(limits, name, stand_in)
         llm.client = lambda: client
         try:
             yield
         finally:
-            limits.reserve, limits.settle, limits.settle_with, llm.client = saved
+            for name, original in saved[0].items():
+                setattr(limits, name, original)
+            llm.client = saved[1]
 
     return swapped
 
@@ -194,10 +216,14 @@ def main(kind="call", db="sqlite"):
 
         from chatusage import analytics
 
+        from usage.models import Generation
+
         user = User.objects.create_user("bench")
         bare, tracked = calls(user) if kind == "call" else chat_requests(user)
         analytics.shutdown()
         captured = requests.get(f"{sink}/stats", timeout=10).json()["generations"]
+        # Only the tracked side reaches the ledger: the stand-ins are the ones the chat calls.
+        assert Generation.objects.count() == len(tracked) + WARM_UP, "untracked calls were held"
     bare_figures, tracked_figures = spread_ms(bare, "bare_"), spread_ms(tracked, "tracked_")
     emit(
         bench="tracking",
