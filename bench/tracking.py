@@ -215,7 +215,6 @@ def main(kind="call", db="sqlite"):
         from django.contrib.auth.models import User
 
         from chatusage import analytics
-
         from usage.models import Generation
 
         user = User.objects.create_user("bench")
