@@ -147,10 +147,13 @@ def rows(by: dict) -> list[tuple[str, str, str]]:
                     f"{n} streams at once (30 chunks over 3 s each), production command",
                     f"p95 {r['p95_s']} s (p50 {r['p50_s']}, {r['min_s']}–{r['max_s']} s) vs "
                     f"lone {r['lone_s']} s: **{r['p95_ratio']}x** · first word p95 "
-                    f"{r['first_word_p95_s']} s · model saw {r['model_most_at_once']} at once · "
-                    f"≤ {r['most_pg_connections']} PostgreSQL connections · /healthz ≤ "
-                    f"{r['healthz_worst_s']} s · {r['done']}/{n} done",
-                    "≤ 1.5x at 256",
+                    f"{r['first_word_p95_s']} s vs the relay's {r['relay_first_word_p95_s']} s "
+                    f"(same burst): **{r['first_word_ratio']}x** · model saw "
+                    f"{r['model_most_at_once']} at once · ≤ {r['most_pg_connections']} "
+                    f"PostgreSQL connections · /healthz p99 **{r['healthz_p99_s']} s** (slowest "
+                    f"{r['healthz_worst_s']} s, n={r['healthz_n']}) · {r['done']}/{n} done",
+                    "at 256: ≤ 1.6x a lone stream; first word ≤ 2x the relay's; /healthz p99 "
+                    "≤ 0.5 s",
                 )
             )
     c = by.get(("turn_cpu", None, None))

@@ -6,8 +6,12 @@ the product (or one JSON answer). Served by the same gunicorn command and worker
 the product (bench/turn_cpu.py), it is the floor a chat turn's CPU is measured against.
 """
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
+import time
 
 import httpx2
 
@@ -72,3 +76,41 @@ async def app(scope, receive, send):
                     await send(_event("delta", {"text": delta}))
     await send(_event("done", {"response": "".join(text)}))
     await send({"type": "http.response.body", "body": b""})
+
+
+@contextlib.contextmanager
+def served(model_url: str):
+    """The relay under the product's command (`gunicorn -c gunicorn.conf.py`, preload off:
+    nothing to share), relaying `model_url`: (its URL, the gunicorn master's pid)."""
+    import requests
+
+    from bench.common import ROOT
+    from tests.e2e.harness.servers import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "RELAY_MODEL_URL": model_url,
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_PRELOAD": "false",
+        "GUNICORN_ACCESS_LOG": "",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "bench.relay:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                requests.post(f"{url}/api/chat/", json={"prompt": "up?"}, timeout=5)
+                break
+            except requests.RequestException:
+                time.sleep(0.1)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

@@ -16,13 +16,11 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, emit, harness_ready, server_process
+from bench.common import emit, harness_ready, server_process
 
 TURNS = int(os.environ.get("BENCH_TURNS", "400"))
 AT_ONCE = 8
@@ -113,40 +111,10 @@ def per_turn(master_pid, url, kind, cookies=None, headers=None) -> dict:
 
 
 def relay(model_url) -> dict:
-    from tests.e2e.harness.servers import free_port
+    from bench.relay import served
 
-    port = free_port()
-    env = {
-        **os.environ,
-        "RELAY_MODEL_URL": model_url,
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_PRELOAD": "false",
-        "GUNICORN_ACCESS_LOG": "",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "bench.relay:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import requests
-
-        for _ in range(200):
-            try:
-                requests.post(f"{url}/api/chat/", json={"prompt": "up?"}, timeout=5)
-                break
-            except requests.RequestException:
-                time.sleep(0.1)
-        return {
-            "streamed": per_turn(process.pid, url, "streamed"),
-            "plain": per_turn(process.pid, url, "plain"),
-        }
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    with served(model_url) as (url, pid):
+        return {"streamed": per_turn(pid, url, "streamed"), "plain": per_turn(pid, url, "plain")}
 
 
 def product(model_url, billing: str = "", kinds=("streamed", "plain")) -> dict:
