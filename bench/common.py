@@ -1,5 +1,6 @@
 """Shared set-up for the benchmarks: each runs in its own process on its own database."""
 
+import contextlib
 import json
 import os
 import statistics
@@ -111,6 +112,17 @@ def timed(fn) -> float:
     started = time.perf_counter()
     fn()
     return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def profiled(master_pid: int, what: str):
+    """Mark the measured part of a run of the product's server (gunicorn master
+    `master_pid`) for bench/profile.py, which samples its workers between the marks."""
+    print(f"PROFILE start {master_pid} {what}", flush=True)
+    try:
+        yield
+    finally:
+        print(f"PROFILE stop {master_pid}", flush=True)
 
 
 def emit(**figures) -> None:

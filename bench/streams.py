@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import emit, harness_ready, server_process
+from bench.common import emit, harness_ready, profiled, server_process
 
 STREAMS = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 STREAM_SECONDS = 3.0
@@ -122,7 +122,8 @@ def main():
                 watcher = threading.Thread(target=watch, daemon=True)
                 watcher.start()
                 started = time.monotonic()
-                results = asyncio.run(load(app.url, logins, STREAMS))
+                with profiled(app.process.pid, f"{STREAMS} streams"):
+                    results = asyncio.run(load(app.url, logins, STREAMS))
                 elapsed = time.monotonic() - started
                 stop.set()
                 watcher.join()

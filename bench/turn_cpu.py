@@ -13,6 +13,7 @@ same figure for a turn that reads its conversation's history first.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import emit, harness_ready, server_process
+from bench.common import emit, harness_ready, profiled, server_process
 
 TURNS = int(os.environ.get("BENCH_TURNS", "400"))
 AT_ONCE = 8
@@ -95,11 +96,14 @@ async def turns(url, count, kind, cookies=None, headers=None) -> int:
         return sum(await asyncio.gather(*[one_client(share) for share in shares]))
 
 
-def per_turn(master_pid, url, kind, cookies=None, headers=None) -> dict:
+def per_turn(master_pid, url, kind, cookies=None, headers=None, label="") -> dict:
+    """The workers' CPU per turn of `kind`; with a `label`, the measured turns are marked for
+    bench/profile.py."""
     asyncio.run(turns(url, 2 * AT_ONCE, kind, cookies, headers))  # warm up
     before, started = workers_cpu(master_pid), time.monotonic()
     loop_before = workers_cpu(master_pid, loop_only=True)
-    ok = asyncio.run(turns(url, TURNS, kind, cookies, headers))
+    with profiled(master_pid, label) if label else contextlib.nullcontext():
+        ok = asyncio.run(turns(url, TURNS, kind, cookies, headers))
     cpu = workers_cpu(master_pid) - before
     loop = workers_cpu(master_pid, loop_only=True) - loop_before
     return {
@@ -138,8 +142,10 @@ def product(model_url, billing: str = "", kinds=("streamed", "plain")) -> dict:
         with gunicorn_app(Path(tempfile.mkdtemp()), env, [("cpu", "100000")], proxy=False) as app:
             session = app.login("cpu")
             cookies, headers = dict(session.cookies), dict(session.headers)
+            billed = f"-{billing}" if billing else ""
             return {
-                kind: per_turn(app.process.pid, app.url, kind, cookies, headers) for kind in kinds
+                kind: per_turn(app.process.pid, app.url, kind, cookies, headers, kind + billed)
+                for kind in kinds
             }
     finally:
         sink.stop()
