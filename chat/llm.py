@@ -94,7 +94,7 @@ class Client(AsyncOpenAI):
     """PostHog's wrapped client, building the SDK's chat answers with pydantic's validator.
 
     The SDK builds each answer, and each chunk of a stream, with a lenient constructor of
-    its own written in Python: about 130 µs a chunk here, a fifth of a streamed turn's CPU.
+    its own written in Python: about 130 µs a chunk here, 4 ms of a 30-chunk streamed turn.
     An answer or chunk exactly of its declared shape (every value of its field's type, no
     field the SDK does not know) comes out of pydantic's compiled validator as the same
     objects in about 9 µs: one pass checks the shape (unknown fields refused), a second
