@@ -66,10 +66,9 @@ def close_health_connection() -> None:
         _health_conn = None
 
 
-@never_cache
-@require_GET
-def healthz(request: HttpRequest) -> HttpResponse:
-    """503 when the database does not answer; 200 otherwise, "degraded" without the cache.
+def health() -> tuple[int, dict]:
+    """/healthz's answer, (status, body): 503 when the database does not answer; 200
+    otherwise, "degraded" without the cache.
 
     Without the cache the app still serves everything (the rate limit lets requests
     through, reports skip their copies), and every server shares the same cache, so
@@ -78,14 +77,24 @@ def healthz(request: HttpRequest) -> HttpResponse:
     cache_up = shared_cache.answers()
     if not _database_answers():
         log.warning("healthz: database unreachable")
-        return JsonResponse(
-            {"status": "unavailable", "database": "down", "cache": "up" if cache_up else "down"},
-            status=503,
-        )
+        return 503, {"status": "unavailable", "database": "down", "cache": _up(cache_up)}
     if not cache_up:
         log.warning("healthz: cache unreachable")
-        return JsonResponse({"status": "degraded", "database": "up", "cache": "down"})
-    return JsonResponse({"status": "ok", "database": "up", "cache": "up"})
+        return 200, {"status": "degraded", "database": "up", "cache": "down"}
+    return 200, {"status": "ok", "database": "up", "cache": "up"}
+
+
+def _up(answers: bool) -> str:
+    return "up" if answers else "down"
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    """health() through Django's request cycle (its test client, a WSGI server). Under the
+    ASGI application, chatusage.asgi answers /healthz itself, with the same health()."""
+    status, body = health()
+    return JsonResponse(body, status=status)
 
 
 def _wants_json(request: HttpRequest) -> bool:

@@ -5,6 +5,7 @@ import asyncio
 import itertools
 import json
 import runpy
+from unittest import mock
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -35,7 +36,13 @@ def call(headers: list[tuple[bytes, bytes]], chunks, method="POST", path="/api/c
     async def send(message):
         sent.append(message)
 
-    scope = {
+    async_to_sync(asgi.application)(scope_for(method, path, headers), receive, send)
+    status, _, body = answer(sent)
+    return status, body, reads
+
+
+def scope_for(method: str, path: str, headers: list, host: bytes = b"127.0.0.1") -> dict:
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -45,14 +52,66 @@ def call(headers: list[tuple[bytes, bytes]], chunks, method="POST", path="/api/c
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"127.0.0.1"), *headers],
+        "headers": [(b"host", host), *headers],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
-    async_to_sync(asgi.application)(scope, receive, send)
-    status = sent[0]["status"]
+
+
+def answer(sent: list[dict]) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of the messages an ASGI app sent."""
+    headers = {name.decode(): value.decode() for name, value in sent[0]["headers"]}
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return status, body, reads
+    return sent[0]["status"], headers, body
+
+
+def probe(host: bytes = b"127.0.0.1") -> tuple[int, dict, dict]:
+    """GET /healthz through the ASGI application: (status, headers, the JSON body)."""
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async_to_sync(asgi.application)(scope_for("GET", "/healthz", [], host), receive, send)
+    status, headers, body = answer(sent)
+    return status, headers, json.loads(body)
+
+
+def test_healthz_is_answered_before_django_as_django_answers_it(client):
+    """chatusage/asgi.py answers /healthz itself (a busy worker's event loop makes each of
+    Django's hand-offs a wait): the view's status and body, never cached."""
+    status, headers, body = probe()
+    view = client.get("/healthz")
+    assert (status, body) == (view.status_code, view.json())
+    assert body == {"status": "ok", "database": "up", "cache": "up"}
+    assert "no-store" in headers["cache-control"]
+    assert headers["content-type"] == "application/json"
+
+
+def test_a_load_balancer_may_probe_healthz_by_address(client):
+    assert client.get("/healthz", HTTP_HOST="10.1.2.3").status_code == 400  # Django's hosts
+    assert probe(host=b"10.1.2.3")[0] == 200
+
+
+def test_healthz_before_django_answers_503_while_the_database_is_down():
+    from django.db import DatabaseError, connection
+
+    from chatusage import views
+
+    if connection.vendor == "postgresql":
+        views.close_health_connection()
+        with mock.patch.dict(connection.settings_dict, {"PORT": "1"}):
+            status, _, body = probe()
+    else:
+        with mock.patch(
+            "django.db.backends.utils.CursorWrapper.execute", side_effect=DatabaseError
+        ):
+            status, _, body = probe()
+    assert (status, body["status"], body["database"]) == (503, "unavailable", "down")
+    assert probe()[0] == 200  # and back once it answers
 
 
 def test_a_declared_body_over_the_limit_is_refused_before_a_byte_is_read():
