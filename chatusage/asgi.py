@@ -10,6 +10,8 @@ the body, from memory.
 Each request's sync code (Django's signals, session and user loads, the ledger steps) runs
 on a thread of its own, as Django requires; here that thread is taken from a pool of idle
 ones instead of started for the request (see RequestThreads).
+
+GET /healthz is answered here, before Django's request cycle (see _health).
 """
 
 import asyncio
