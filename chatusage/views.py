@@ -77,15 +77,12 @@ def health() -> tuple[int, dict]:
     cache_up = shared_cache.answers()
     if not _database_answers():
         log.warning("healthz: database unreachable")
-        return 503, {"status": "unavailable", "database": "down", "cache": _up(cache_up)}
+        cache = "up" if cache_up else "down"
+        return 503, {"status": "unavailable", "database": "down", "cache": cache}
     if not cache_up:
         log.warning("healthz: cache unreachable")
         return 200, {"status": "degraded", "database": "up", "cache": "down"}
     return 200, {"status": "ok", "database": "up", "cache": "up"}
-
-
-def _up(answers: bool) -> str:
-    return "up" if answers else "down"
 
 
 @never_cache

@@ -22,7 +22,7 @@ def call(headers: list[tuple[bytes, bytes]], chunks, method="POST", path="/api/c
     """Run the ASGI app on one request whose body is `chunks` (an iterable of bytes; None
     in it means the client stops sending): (status, body, how many body reads it made)."""
     chunks = iter(chunks)
-    sent, reads, ended = [], 0, False
+    reads, ended = 0, False
 
     async def receive():
         nonlocal reads, ended
@@ -33,11 +33,7 @@ def call(headers: list[tuple[bytes, bytes]], chunks, method="POST", path="/api/c
         ended = chunk == b""
         return {"type": "http.request", "body": chunk, "more_body": not ended}
 
-    async def send(message):
-        sent.append(message)
-
-    async_to_sync(asgi.application)(scope_for(method, path, headers), receive, send)
-    status, _, body = answer(sent)
+    status, _, body = exchange(scope_for(method, path, headers), receive)
     return status, body, reads
 
 
@@ -58,8 +54,14 @@ def scope_for(method: str, path: str, headers: list, host: bytes = b"127.0.0.1")
     }
 
 
-def answer(sent: list[dict]) -> tuple[int, dict, bytes]:
-    """(status, headers, body) of the messages an ASGI app sent."""
+def exchange(scope: dict, receive) -> tuple[int, dict, bytes]:
+    """Run the ASGI app on `scope`: the (status, headers, body) it sent."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async_to_sync(asgi.application)(scope, receive, send)
     headers = {name.decode(): value.decode() for name, value in sent[0]["headers"]}
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return sent[0]["status"], headers, body
@@ -67,16 +69,11 @@ def answer(sent: list[dict]) -> tuple[int, dict, bytes]:
 
 def probe(host: bytes = b"127.0.0.1") -> tuple[int, dict, dict]:
     """GET /healthz through the ASGI application: (status, headers, the JSON body)."""
-    sent = []
 
     async def receive():
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message):
-        sent.append(message)
-
-    async_to_sync(asgi.application)(scope_for("GET", "/healthz", [], host), receive, send)
-    status, headers, body = answer(sent)
+    status, headers, body = exchange(scope_for("GET", "/healthz", [], host), receive)
     return status, headers, json.loads(body)
 
 
