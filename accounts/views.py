@@ -19,6 +19,8 @@ from accounts.forms import SignupForm
 from chatusage import ratelimit
 from usage.models import UsageAccount
 
+SIGN_IN_BACKEND = "accounts.backends.UserBackend"
+
 
 def _too_many(request, message: str, wait: int) -> HttpResponse:
     response = render(request, "registration/too_many.html", {"message": message}, status=429)
@@ -47,7 +49,7 @@ def signup(request: HttpRequest) -> HttpResponse:
                 return render(
                     request, "registration/check_email.html", {"email": form.cleaned_data["email"]}
                 )
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            login(request, user, backend=SIGN_IN_BACKEND)
             return redirect("chat:index")
     return render(request, "registration/signup.html", {"form": form})
 
@@ -58,7 +60,7 @@ def verify_email(request: HttpRequest, token: str) -> HttpResponse:
     if user is None:
         return render(request, "registration/verify_failed.html", status=400)
     if confirmed:  # the first use of the link logs the new account in
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        login(request, user, backend=SIGN_IN_BACKEND)
     elif request.user != user:  # a used link is no key: log in with the password
         messages.info(request, "Your address was already confirmed. Log in to chat.")
         return redirect("login")

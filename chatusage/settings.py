@@ -171,8 +171,12 @@ AUTH_PASSWORD_VALIDATORS = [
 # django-axes records failed logins: after LOGIN_FAILURE_LIMIT failures for one username
 # or from one address, that username or address is locked out for LOGIN_LOCKOUT_MINUTES
 # (staff unlock in admin, Axes > Access attempts, or `manage.py axes_reset_username`).
+# accounts.backends.UserBackend is Django's ModelBackend with the signed-in user's row read by
+# one plain statement; ModelBackend stays listed for sessions signed in before it (a failed
+# sign-in never reaches it: its password is hashed once).
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
+    "accounts.backends.UserBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
