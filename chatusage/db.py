@@ -83,6 +83,7 @@ def batch(*statements: tuple[str, dict | list]) -> list[list[tuple] | None]:
     """Run (sql, params) statements in order: each one's rows, or None if it returns none.
 
     Inside a transaction they run in it (PostgreSQL's BEGIN goes out in the same batch).
+    On PostgreSQL they go in pipeline mode, one round trip, unless there is only one to send.
     An error in any statement raises, and the ones after it do not run.
     """
     if not postgres():
@@ -102,6 +103,14 @@ def batch(*statements: tuple[str, dict | list]) -> list[list[tuple] | None]:
     # prepared (Django turns that off for poolers, and preparing measured no faster). Where
     # queries are logged (DEBUG, CaptureQueriesContext): Django's, so the log misses none.
     new_cursor = connection.cursor if connection.queries_logged else lambda: psycopg.Cursor(raw)
+    in_transaction = raw.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    if len(statements) == 1 and (raw.autocommit or in_transaction):
+        # One statement and no BEGIN to send before it (the session read, the user row, a
+        # spend read): pipeline mode would cost 83 µs of CPU where a plain execute costs 39.
+        (sql, values), cursor = statements[0], new_cursor()
+        with connection.wrap_database_errors:
+            cursor.execute(sql, values)
+        return [cursor.fetchall() if cursor.description else None]
     cursors = []
     # Django's error classes, though the errors only arrive with the pipeline's results.
     with connection.wrap_database_errors, raw.pipeline():
