@@ -7,11 +7,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def setup_django(database_url: str | None = None, **env) -> Path:
@@ -92,6 +94,52 @@ def server_process(*args: str, stdin: str = ""):
     finally:
         process.stdin.close()
         process.wait(timeout=10)
+
+
+def _cpu(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def workers_cpu(master_pid: int, loop_only: bool = False) -> float:
+    """CPU seconds the master's children (the workers) have used so far; with `loop_only`,
+    only their main threads (the event loops), not the threads sync code runs in."""
+    children = []
+    for task in Path(f"/proc/{master_pid}/task").iterdir():
+        children += (task / "children").read_text().split()
+    if loop_only:
+        return sum(_cpu(Path(f"/proc/{pid}/task/{pid}/stat")) for pid in children)
+    return sum(_cpu(Path(f"/proc/{pid}/stat")) for pid in children)
+
+
+class CpuSamples:
+    """The workers' CPU seconds (workers_cpu) sampled every `every` seconds by a thread while
+    a load runs; used(start, end): what they spent between two time.monotonic() moments."""
+
+    def __init__(self, master_pid: int, every: float = 0.02):
+        self.master_pid, self.every = master_pid, every
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), workers_cpu(self.master_pid)))
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "CpuSamples":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def used(self, start: float, end: float) -> float:
+        def at(moment: float) -> float:
+            return min(self.samples, key=lambda sample: abs(sample[0] - moment))[1]
+
+        return at(end) - at(start)
 
 
 def median_ms(samples: list[float]) -> float:

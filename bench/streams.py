@@ -7,7 +7,8 @@ The load generator is one asyncio process (no thread per stream) and the fake mo
 a process of its own, so neither steals the GIL from the other. Reports p50 and p95 time to
 the `done` event against a lone stream measured on the same server, the most calls the model
 saw at once, the most pooled PostgreSQL connections, and /healthz during the load (p99 and
-slowest, asked every 0.1 s).
+slowest, asked every 0.1 s). What the first words wait for: the workers' CPU from the burst's
+start to the p95 first word, per stream, beside the relay's, and the cores they had then.
 """
 
 import asyncio
@@ -20,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import emit, harness_ready, profiled, server_process
+from bench.common import CpuSamples, emit, harness_ready, profiled, server_process
 
 STREAMS = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 STREAM_SECONDS = 3.0
@@ -122,17 +123,22 @@ def main():
                 watcher = threading.Thread(target=watch, daemon=True)
                 watcher.start()
                 started = time.monotonic()
-                with profiled(app.process.pid, f"{STREAMS} streams"):
+                with (
+                    profiled(app.process.pid, f"{STREAMS} streams"),
+                    CpuSamples(app.process.pid) as cpu,
+                ):
                     results = asyncio.run(load(app.url, logins, STREAMS))
                 elapsed = time.monotonic() - started
                 stop.set()
                 watcher.join()
                 stats = json.loads(requests.get(f"{model_url}/stats", timeout=5).text)
-            with served(model_url) as (relay_url, _):
+            with served(model_url) as (relay_url, relay_pid):
                 anonymous = [({}, {})]
                 for _ in range(4):
                     asyncio.run(load(relay_url, anonymous, 2))
-                relayed = asyncio.run(load(relay_url, anonymous, STREAMS))
+                relay_started = time.monotonic()
+                with CpuSamples(relay_pid) as relay_cpu:
+                    relayed = asyncio.run(load(relay_url, anonymous, STREAMS))
     finally:
         sink.stop()
     done = [r for r in results if r["end"] == "done"]
@@ -140,6 +146,11 @@ def main():
     lone_s = statistics.median(lone)
     first_word = p95([r["first"] for r in done])
     relay_first_word = p95([r["first"] for r in relayed if r["end"] == "done"])
+    # What the first words waited for: the workers' CPU from the burst's start to the p95
+    # first word, per stream (95% of them had begun), and how many cores they had meanwhile.
+    to_first_words = cpu.used(started, started + first_word)
+    relay_to_first_words = relay_cpu.used(relay_started, relay_started + relay_first_word)
+    per_stream = 1000 / (0.95 * STREAMS)
     emit(
         bench="streams",
         db="postgres",
@@ -156,6 +167,11 @@ def main():
         relay_first_word_p95_s=round(relay_first_word, 2),
         relay_done=sum(r["end"] == "done" for r in relayed),
         first_word_ratio=round(first_word / relay_first_word, 2),
+        cpu_to_first_words_ms=round(to_first_words * per_stream, 2),
+        relay_cpu_to_first_words_ms=round(relay_to_first_words * per_stream, 2),
+        cpu_to_first_words_ratio=round(to_first_words / relay_to_first_words, 2),
+        cores_to_first_words=round(to_first_words / first_word, 2),
+        relay_cores_to_first_words=round(relay_to_first_words / relay_first_word, 2),
         model_most_at_once=stats["most_at_once"],
         most_pg_connections=max(connections),
         healthz_p99_s=round(percentile(health, 99), 3),

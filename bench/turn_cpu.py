@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import emit, harness_ready, profiled, server_process
+from bench.common import emit, harness_ready, profiled, server_process, workers_cpu
 
 TURNS = int(os.environ.get("BENCH_TURNS", "400"))
 AT_ONCE = 8
@@ -29,23 +29,6 @@ ANSWER_SECONDS = 0.6  # the fake model's pace: 30 chunks over this
 CHUNKS = 30
 CONVERSATION_TURNS = 10  # continued turns: each client's conversation, then a new one
 ALL_KINDS = ("streamed", "plain", "continued")
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def workers_cpu(master_pid: int, loop_only: bool = False) -> float:
-    """CPU seconds the master's children (the workers) have used so far; with `loop_only`,
-    only their main threads (the event loops), not the threads sync code runs in."""
-    children = []
-    for task in Path(f"/proc/{master_pid}/task").iterdir():
-        children += (task / "children").read_text().split()
-    if loop_only:
-        return sum(_cpu(Path(f"/proc/{pid}/task/{pid}/stat")) for pid in children)
-    return sum(_cpu(Path(f"/proc/{pid}/stat")) for pid in children)
 
 
 async def one_turn(
