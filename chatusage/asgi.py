@@ -31,24 +31,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatusage.settings")
 django_application = get_asgi_application()
 
 
-def _drop_idle_request_started_receivers() -> None:
-    """Django's ASGI handler runs request_started's sync receivers on the request's thread: a
-    hand-off there and back before the view, each request. Here they have nothing to do:
-    close_old_connections closes the thread's connections, and a request's thread has none
-    open when it starts (step() gives PostgreSQL's back to the pool after each step, and
-    request_finished, on the same thread, closed the last request's); reset_queries clears
-    their query logs, kept only with DEBUG on, where both stay."""
-    from django.core import signals
-    from django.db import close_old_connections, reset_queries
-
-    if not settings.DEBUG:
-        signals.request_started.disconnect(close_old_connections)
-        signals.request_started.disconnect(reset_queries)
-
-
-_drop_idle_request_started_receivers()
-
-
 async def _refuse(send, code: str) -> None:
     body = json.dumps(errors.body(code)).encode()
     await send(

@@ -4,7 +4,6 @@ a new one started (and another to join it) for every request."""
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -122,22 +121,3 @@ def test_a_settle_that_outlives_its_request_still_runs_its_steps():
         return await late
 
     assert async_to_sync(scenario)() != threading.get_ident()
-
-
-def test_a_request_goes_to_a_thread_only_for_its_sync_work(monkeypatch):
-    """request_started's receivers (closing the thread's connections, clearing their query
-    logs) have nothing to do under ASGI, yet Django ran them on the request's thread before
-    the view. A request now goes there for its view's sync work and its response's close
-    (where request_finished closes what the request opened) only."""
-    asgi._drop_idle_request_started_receivers()  # the test client connects one back
-    submitted = []
-
-    class Counting(ThreadPoolExecutor):
-        def submit(self, fn, /, *args, **kwargs):
-            submitted.append(fn)
-            return super().submit(fn, *args, **kwargs)
-
-    monkeypatch.setattr(asgi.request_threads, "take", lambda: Counting(max_workers=1))
-    monkeypatch.setattr(asgi.request_threads, "give_back", lambda executor: executor.shutdown())
-    assert async_to_sync(_get)() == 301
-    assert len(submitted) == 2  # the (sync) view's and the response's close: not a third
