@@ -148,7 +148,10 @@ def rows(by: dict) -> list[tuple[str, str, str]]:
                     f"p95 {r['p95_s']} s (p50 {r['p50_s']}, {r['min_s']}–{r['max_s']} s) vs "
                     f"lone {r['lone_s']} s: **{r['p95_ratio']}x** · first word p95 "
                     f"{r['first_word_p95_s']} s vs the relay's {r['relay_first_word_p95_s']} s "
-                    f"(same burst): **{r['first_word_ratio']}x** · model saw "
+                    f"(same burst): **{r['first_word_ratio']}x** · the workers' CPU to it "
+                    f"{r['cpu_to_first_words_ms']} ms a stream on {r['cores_to_first_words']} "
+                    f"cores vs the relay's {r['relay_cpu_to_first_words_ms']} ms on "
+                    f"{r['relay_cores_to_first_words']} · model saw "
                     f"{r['model_most_at_once']} at once · ≤ {r['most_pg_connections']} "
                     f"PostgreSQL connections · /healthz p99 **{r['healthz_p99_s']} s** (slowest "
                     f"{r['healthz_worst_s']} s, n={r['healthz_n']}) · {r['done']}/{n} done",
