@@ -106,7 +106,7 @@ def batch(*statements: tuple[str, dict | list]) -> list[list[tuple] | None]:
     in_transaction = raw.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     if len(statements) == 1 and (raw.autocommit or in_transaction):
         # One statement and no BEGIN to send before it (the session read, the user row, a
-        # spend read): pipeline mode would cost 83 µs of CPU where a plain execute costs 39.
+        # spend read): pipeline mode costs 83 µs of CPU where a plain execute costs 46.
         (sql, values), cursor = statements[0], new_cursor()
         with connection.wrap_database_errors:
             cursor.execute(sql, values)
