@@ -36,7 +36,7 @@ PHASES = [
     ("  the SDK building chunks", "_process_response_data (chat/llm.py"),
     ("sending the events (Django, uvicorn)", "send_response (django/core/handlers/asgi.py"),
     ("settling and saving the answer", "_finish (chat/services.py"),
-    ("the pool's health check at checkout", "check_connection (psycopg_pool/"),
+    ("the pool's health check at checkout", "check_quiet (chatusage/postgresql/base.py"),
     ("PostHog's capture thread", "posthog/consumer.py"),
     ("/healthz", "healthz (chatusage/views.py"),
 ]

@@ -124,13 +124,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
-else:
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Django's own pool (psycopg_pool), one per worker process. The chat path returns its
     # connection to the pool after every short ledger step, so hundreds of streams waiting
     # on the model hold no connection: a worker never uses more than DB_POOL_MAX_SIZE.
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps connections, not Django
-    # With a pool, Django checks each connection at checkout (one empty round trip): after a
-    # database restart or failover the pool hands out a fresh one, not a dead one (a 500).
+    # Each connection is checked at checkout: after a database restart or failover the pool
+    # hands out a fresh one, not a dead one (a 500). Our backend does that without the empty
+    # query Django's sends, a round trip on every checkout (chatusage/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "chatusage.postgresql"
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
