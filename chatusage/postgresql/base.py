@@ -3,8 +3,9 @@
 With CONN_HEALTH_CHECKS, Django has psycopg_pool check each connection as it is taken from
 the pool: an empty query, one round trip to the server, on every checkout. The chat path
 takes a connection for each short step of a turn (chatusage/db.py), so that was a round
-trip, and 45 µs of CPU, two or three times a turn, for connections that were almost
-always fine.
+trip twice a turn (its start and its settle), for connections that were almost always
+fine. In one process a checkout and its return cost 61 µs of CPU with the empty query and
+16 µs with this check.
 
 A pooled connection is idle: the server sends it nothing until it is asked something. When
 the server ends the session (a restart, a failover, pg_terminate_backend, an idle timeout)
