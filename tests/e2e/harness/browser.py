@@ -33,10 +33,16 @@ HANG_GUARD_MS = 60_000
 
 
 def login(page, base, username, password):
+    """Sign in, and wait until the page it leads to has loaded, its deferred scripts run.
+
+    Before chat.js has run, Send is the plain form's button: a test that typed and clicked
+    at once would post the form, not stream (it happened in CI, under load).
+    """
     page.goto(f"{base}/accounts/login/")
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/accounts/login/" not in url)  # and its load event
 
 
 AXE = Path(__file__).resolve().parents[1] / "vendor" / "axe.min.js"
