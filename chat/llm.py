@@ -286,7 +286,16 @@ def _remaining(until: float) -> float:
 def provider_error(exc: Exception, mid_stream: bool = False) -> ProviderError:
     """Map an OpenAI SDK (or parsing) failure onto what we tell the user."""
     status = getattr(exc, "status_code", None)
-    log.warning("Model provider call failed: %s (HTTP %s)", type(exc).__name__, status)
+    # An AttributeError, KeyError, TypeError or IndexError is an answer of a shape nobody
+    # expected, or a fault of ours: its traceback says which. (Their messages name a key or
+    # a type; a ValueError's, pydantic's among them, can quote the answer: not logged.)
+    unexpected = not isinstance(exc, openai.OpenAIError | httpx2.HTTPError | ValueError)
+    log.warning(
+        "Model provider call failed: %s (HTTP %s)",
+        type(exc).__name__,
+        status,
+        exc_info=unexpected,
+    )
     if mid_stream and isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
         return ProviderError("provider_disconnected")
     if isinstance(exc, openai.APITimeoutError):

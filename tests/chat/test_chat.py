@@ -357,6 +357,25 @@ def test_provider_failures_give_a_clear_error_cost_nothing_and_keep_the_prompt(
     assert event["properties"]["$ai_is_error"] is True
 
 
+def test_an_answer_of_an_unexpected_shape_is_logged_with_where_it_broke(
+    alice_client, alice, openai_mock, caplog
+):
+    """A provider's answer our reading of it did not expect (here `choices` a string) is a
+    clear error to the user, and the server's log has the traceback: a broken provider and
+    a fault of ours look alike without it. JSON that does not parse is logged without one."""
+    openai_mock.answer(200, {"id": "chatcmpl-x", "object": "chat.completion", "choices": "?"})
+    response = post(alice_client, {"prompt": "What shape?"})
+    assert (response.status_code, response.json()["code"]) == (502, "provider_bad_response")
+    [record] = [r for r in caplog.records if r.name == "chat.llm"]
+    assert record.exc_info[0] is AttributeError
+    caplog.clear()
+    openai_mock.answer(200, content=b"{not json", headers={"content-type": "application/json"})
+    response = post(alice_client, {"prompt": "And now?"})
+    assert response.json()["code"] == "provider_bad_response"
+    [record] = [r for r in caplog.records if r.name == "chat.llm"]
+    assert not record.exc_info
+
+
 def test_a_streamed_failure_is_an_error_event_and_costs_nothing(alice_client, alice, openai_mock):
     openai_mock.answer(500, {"error": {"message": "boom"}}, headers={"retry-after-ms": "1"})
     response = post(alice_client, {"prompt": "Will this work?", "stream": True})
